@@ -1,0 +1,158 @@
+"""The platform's fixed facts: environments, stacks, published ports and data directories.
+
+This is the one place that holds them. Stack files receive these values as ${VARS}; the
+plan, the status report and the tests derive from the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CORE = "core"
+SHARED = "shared"
+RUNNER = "runner"
+
+TRAEFIK_NETWORK = "traefik-public"
+MONITORING_NETWORK = "monitoring"
+# Overlay networks every stack joins by name; created by infra before the first deploy.
+NETWORKS = (TRAEFIK_NETWORK, MONITORING_NETWORK)
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_reservation: str
+    cpu_limit: str
+    memory_reservation: str
+    memory_limit: str
+
+    def variables(self, prefix: str) -> dict[str, str]:
+        return {
+            f"{prefix}_CPU_RESERVATION": self.cpu_reservation,
+            f"{prefix}_CPU_LIMIT": self.cpu_limit,
+            f"{prefix}_MEMORY_RESERVATION": self.memory_reservation,
+            f"{prefix}_MEMORY_LIMIT": self.memory_limit,
+        }
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One application environment: its own Postgres and Redis, on its own network."""
+
+    name: str
+    postgres_port: int
+    redis_port: int | None  # None: Redis is reachable only inside the swarm
+    postgres_config: str
+    postgres: Resources
+    redis: Resources
+    redis_maxmemory: str
+    redis_appendfsync: str
+
+    def variables(self) -> dict[str, str]:
+        return {
+            "ENV_NAME": self.name,
+            "POSTGRES_PORT": str(self.postgres_port),
+            "REDIS_PORT": "" if self.redis_port is None else str(self.redis_port),
+            "POSTGRES_CONFIG_FILE": self.postgres_config,
+            "REDIS_MAXMEMORY": self.redis_maxmemory,
+            "REDIS_APPENDFSYNC": self.redis_appendfsync,
+            **self.postgres.variables("POSTGRES"),
+            **self.redis.variables("REDIS"),
+        }
+
+    def published_ports(self) -> dict[str, int]:
+        ports = {"postgres": self.postgres_port}
+        if self.redis_port is not None:
+            ports["redis"] = self.redis_port
+        return ports
+
+
+_SMALL_POSTGRES = Resources("0.10", "0.50", "256M", "512M")
+_SMALL_REDIS = Resources("0.05", "0.20", "64M", "256M")
+
+# DESIGN.md's per-environment table: the contract inherited from the original platform.
+ENVIRONMENTS: dict[str, Environment] = {
+    "dev": Environment(
+        name="dev",
+        postgres_port=5432,
+        redis_port=6379,
+        postgres_config="postgresql.conf",
+        postgres=_SMALL_POSTGRES,
+        redis=_SMALL_REDIS,
+        redis_maxmemory="128mb",
+        redis_appendfsync="everysec",
+    ),
+    "stg": Environment(
+        name="stg",
+        postgres_port=5433,
+        redis_port=None,
+        postgres_config="postgresql.conf",
+        postgres=_SMALL_POSTGRES,
+        redis=_SMALL_REDIS,
+        redis_maxmemory="128mb",
+        redis_appendfsync="everysec",
+    ),
+    "prod": Environment(
+        name="prod",
+        postgres_port=5434,
+        redis_port=6381,
+        postgres_config="postgresql-prod.conf",
+        postgres=Resources("0.20", "1.00", "512M", "1G"),
+        redis=Resources("0.10", "0.50", "128M", "512M"),
+        redis_maxmemory="256mb",
+        redis_appendfsync="everysec",
+    ),
+}
+
+# Host ports of the core stack (Traefik), published in host mode on the manager.
+CORE_PORTS: dict[str, int] = {"web": 80, "websecure": 443, "dashboard": 8080}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A deployable stack: its compose files and what the plan must prepare for it."""
+
+    name: str
+    description: str
+
+    @property
+    def is_environment(self) -> bool:
+        return self.name in ENVIRONMENTS
+
+
+STACKS: dict[str, Stack] = {
+    CORE: Stack(CORE, "Traefik and the Cloudflare tunnel"),
+    **{name: Stack(name, f"{name} environment: Postgres and Redis") for name in ENVIRONMENTS},
+    SHARED: Stack(SHARED, "object storage, monitoring, logs and n8n"),
+    RUNNER: Stack(RUNNER, "self-hosted GitHub Actions runners"),
+}
+
+# deploy.all and stop.all: core first, runner only on its own (as in the original scripts).
+DEPLOY_ALL = (CORE, SHARED, "dev", "stg", "prod")
+STOP_ALL = (RUNNER, "prod", "stg", "dev", SHARED, CORE)
+
+# Owner (uid, gid) each image expects of its bind-mounted data directory, by service name.
+# Images that start as root and fix ownership themselves (postgres, redis) still get their
+# final owner, so a restart never has to chown a large directory.
+DATA_OWNERS: dict[str, tuple[int, int]] = {
+    "postgres": (999, 999),
+    "redis": (999, 999),
+    "grafana": (472, 0),
+    "prometheus": (65534, 65534),
+    "loki": (10001, 10001),
+    "n8n": (1000, 1000),
+    "seaweedfs": (0, 0),
+    "alloy": (0, 0),
+}
+
+
+def published_ports(stack: str) -> dict[str, int]:
+    """The host ports a stack publishes, by service or entry point name."""
+    if stack == CORE:
+        return dict(CORE_PORTS)
+    if stack in ENVIRONMENTS:
+        return ENVIRONMENTS[stack].published_ports()
+    return {}
+
+
+def port_variables() -> dict[str, str]:
+    return {f"TRAEFIK_{name.upper()}_PORT": str(port) for name, port in CORE_PORTS.items()}

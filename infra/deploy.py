@@ -1,0 +1,261 @@
+"""Deploy and stop stacks: validate everything first, then apply only what differs.
+
+The flow is the original scripts': check dependencies, init the swarm if inactive, create
+networks, data directories and secrets, deploy core first, then the target, wait until it
+converges, report. Everything that can be wrong is checked in `prepare`, before any change
+(DESIGN decision 8).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from infra import converge, engine, secrets
+from infra.catalog import CORE, RUNNER
+from infra.errors import SecretsError, SettingsError
+from infra.plan import DataDir, Plan, StackPlan, deploy_order, plan_deploy
+from infra.settings import Settings
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class DeployResult:
+    swarm_initialised: bool = False
+    secrets_file_written: bool = False
+    networks_created: list[str] = field(default_factory=list)
+    dirs_created: list[Path] = field(default_factory=list)
+    secrets_created: list[str] = field(default_factory=list)
+    stacks: dict[str, list[converge.ServiceState]] = field(default_factory=dict)
+
+
+def prepare(settings: Settings, target: str, tunnel: bool = True) -> Plan:
+    """Check every input and compute the plan. Changes nothing; needs no Docker daemon."""
+    targets = deploy_order(target)
+    if CORE in targets and tunnel and not settings.tunnel_token:
+        raise SettingsError(
+            "CLOUDFLARE_TUNNEL_TOKEN is not set. Put it in .env, or deploy without the "
+            "tunnel: --no-tunnel"
+        )
+    if RUNNER in targets:
+        missing = [name for name in ("GITHUB_OWNER", "RUNNER_TOKEN") if not settings.get(name)]
+        if missing:
+            raise SettingsError(f"{' and '.join(missing)} not set. Put them in .env for the runner.")
+    values = None
+    if settings.secrets_file.exists():
+        values = secrets.with_env_tokens(secrets.load(settings), settings)
+    check_data_root(settings.data_root)
+    return plan_deploy(targets, settings, values, tunnel)
+
+
+def check_data_root(data_root: Path) -> None:
+    """DATA_ROOT must be a directory we can create and write, before anything is changed."""
+    existing = data_root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(f"DATA_ROOT {data_root} is inside a file ({existing}). Set DATA_ROOT to a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(
+            f"DATA_ROOT {data_root} cannot be written ({existing} is not writable by this user). "
+            "Set DATA_ROOT in .env to a writable directory, or fix its permissions."
+        )
+
+
+def ensure_data_dir(directory: DataDir) -> bool:
+    """Create a data directory with the owner its image expects; never touch existing data."""
+    if directory.path.is_dir():
+        return False
+    directory.path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(directory.path, directory.uid, directory.gid)
+    elif directory.uid != os.geteuid():
+        # Without root we cannot hand the directory to the image's user: let it write anyway.
+        directory.path.chmod(0o777)
+    return True
+
+
+def check_ports_free(client: docker.DockerClient, plan: Plan) -> None:
+    """A published port taken by something other than our swarm fails the deploy up front.
+
+    Only meaningful when the engine runs on this machine (a unix socket)."""
+    if os.environ.get("DOCKER_HOST", "unix://").split("://")[0] not in ("unix", ""):
+        return
+    ours = {
+        port.get("PublishedPort")
+        for service in client.services.list()
+        for port in (service.attrs["Spec"].get("EndpointSpec", {}).get("Ports") or [])
+    }
+    for stack in plan.stacks:
+        for name, port in stack.ports.items():
+            if port in ours:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    raise SettingsError(
+                        f"port {port} ({stack.name} {name}) is already in use on this machine. "
+                        f"Stop what listens there (ss -ltnp 'sport = :{port}') and retry."
+                    )
+
+
+def apply(
+    settings: Settings,
+    target: str,
+    tunnel: bool = True,
+    wait: bool = True,
+    timeout: float = 300,
+    report: Report = print,
+    client: docker.DockerClient | None = None,
+) -> DeployResult:
+    """Deploy `target` (and core before it). Raises InfraError with one line on bad input."""
+    plan = prepare(settings, target, tunnel)
+    if shutil.which("docker") is None:
+        raise SettingsError("the docker command is not installed. Install the Docker CLI and retry.")
+    client = client or engine.connect()
+    result = DeployResult()
+    state, manager = engine.swarm_state(client)
+    if state == "active" and not manager:
+        engine.require_manager(client)
+    if state == "active":
+        check_ports_free(client, plan)
+
+    if plan.generate_secrets:
+        result.secrets_file_written = secrets.generate(settings)
+        if result.secrets_file_written:
+            report(f"secrets: wrote {settings.secrets_file} (mode 0600)")
+        plan = prepare(settings, target, tunnel)
+    result.swarm_initialised = engine.ensure_swarm(client, settings.get("SWARM_ADVERTISE_ADDR"))
+    if result.swarm_initialised:
+        report("swarm: initialised a single-node swarm")
+    for network in plan.networks:
+        if engine.ensure_network(client, network):
+            result.networks_created.append(network)
+            report(f"network: created {network}")
+    for directory in plan.data_dirs:
+        if ensure_data_dir(directory):
+            result.dirs_created.append(directory.path)
+            report(f"data: created {directory.path} (owner {directory.uid}:{directory.gid})")
+    for stack in plan.stacks:
+        for obj in stack.secrets:
+            if engine.ensure_secret(client, obj):
+                result.secrets_created.append(obj.name)
+                report(f"secret: created {obj.name}")
+        deploy_stack(client, stack, wait=wait, timeout=timeout, report=report, result=result)
+    return result
+
+
+def deploy_stack(
+    client: docker.DockerClient,
+    stack: StackPlan,
+    wait: bool,
+    timeout: float,
+    report: Report,
+    result: DeployResult,
+) -> None:
+    report(f"stack {stack.name}: deploying")
+    engine.docker_cli(stack.deploy_command(), stack.variables)
+    if wait:
+        result.stacks[stack.name] = converge.wait_converged(
+            client, stack.name, timeout=timeout, progress=report
+        )
+        report(f"stack {stack.name}: converged")
+
+
+def sync_secrets(
+    settings: Settings, client: docker.DockerClient, targets: tuple[str, ...]
+) -> list[str]:
+    """Create every Docker secret the targets' stacks mount that does not exist yet."""
+    values = secrets.with_env_tokens(secrets.load(settings), settings)
+    plan = plan_deploy(targets, settings, values, tunnel=bool(settings.tunnel_token))
+    created = []
+    for stack in plan.stacks:
+        for obj in stack.secrets:
+            if engine.ensure_secret(client, obj):
+                created.append(obj.name)
+    return created
+
+
+def syncable_targets(settings: Settings) -> tuple[str, ...]:
+    """Stacks whose secrets can be made from what is configured (the runner needs its token)."""
+    targets = ("core", "shared", "dev", "stg", "prod")
+    if settings.get("RUNNER_TOKEN"):
+        targets += (RUNNER,)
+    return targets
+
+
+def stop(
+    settings: Settings,
+    target: str,
+    cleanup: bool = False,
+    timeout: float = 120,
+    report: Report = print,
+    client: docker.DockerClient | None = None,
+) -> list[str]:
+    """Remove stacks (and with cleanup their unused secrets and configs). Data stays."""
+    from infra.catalog import STOP_ALL
+
+    stacks = STOP_ALL if target == "all" else (target,)
+    client = client or engine.connect()
+    engine.require_manager(client)
+    deployed = engine.deployed_stacks(client)
+    removed = []
+    for stack in stacks:
+        if stack in deployed:
+            report(f"stack {stack}: removing")
+            engine.docker_cli(["docker", "stack", "rm", stack])
+            converge.wait_removed(client, stack, timeout=timeout)
+            removed.append(stack)
+            report(f"stack {stack}: removed (data in {settings.data_root / stack} kept)")
+        else:
+            report(f"stack {stack}: not deployed")
+        if cleanup:
+            for name in prune_objects(client, stack):
+                report(f"cleanup: removed {name}")
+    if cleanup and target == "all":
+        for network in ("traefik-public", "monitoring"):
+            for net in client.networks.list(names=[network]):
+                if net.name == network:
+                    net.remove()
+                    report(f"cleanup: removed network {network}")
+    return removed
+
+
+def prune_objects(client: docker.DockerClient, stack: str, keep: set[str] | None = None) -> list[str]:
+    """Remove a stack's secrets and configs that no service uses (and not in `keep`)."""
+    from infra.plan import LABEL_STACK
+
+    keep = keep or set()
+    in_use: set[str] = set()
+    for service in client.services.list():
+        container = service.attrs["Spec"]["TaskTemplate"].get("ContainerSpec", {})
+        in_use |= {ref["SecretName"] for ref in container.get("Secrets") or []}
+        in_use |= {ref["ConfigName"] for ref in container.get("Configs") or []}
+    removed = []
+    candidates = [
+        *client.secrets.list(filters={"label": f"{LABEL_STACK}={stack}"}),
+        *client.configs.list(filters={"label": f"{engine.STACK_NAMESPACE}={stack}"}),
+    ]
+    for obj in candidates:
+        if obj.name in in_use or obj.name in keep:
+            continue
+        obj.remove()
+        removed.append(obj.name)
+    return removed
+
+
+__all__ = [
+    "DeployResult",
+    "SecretsError",
+    "apply",
+    "prepare",
+    "stop",
+    "sync_secrets",
+]

@@ -1,0 +1,136 @@
+"""The Docker engine, through the docker SDK: swarm, networks, secrets, services, tasks.
+
+Get-or-create everywhere, matching names exactly (the API's name filter is a prefix match).
+The `docker` CLI is used only for what the SDK cannot do: `docker stack deploy|config|rm`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+
+import docker
+from docker.errors import APIError, DockerException
+
+from infra.errors import EngineError
+from infra.plan import LABEL_STACK, DockerObject
+
+STACK_NAMESPACE = "com.docker.stack.namespace"
+
+
+def connect() -> docker.DockerClient:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except DockerException as exc:
+        reason = str(exc).split("(", 1)[0].strip() or type(exc).__name__
+        raise EngineError(
+            f"Docker is not reachable at {host} ({reason}). "
+            "Start the Docker daemon (or set DOCKER_HOST) and retry."
+        ) from None
+    return client
+
+
+def swarm_state(client: docker.DockerClient) -> tuple[str, bool]:
+    """(LocalNodeState, whether this node is a manager)."""
+    swarm = client.info().get("Swarm", {})
+    return swarm.get("LocalNodeState", "inactive"), bool(swarm.get("ControlAvailable"))
+
+
+def ensure_swarm(client: docker.DockerClient, advertise_addr: str = "") -> bool:
+    """Initialise a single-node swarm if the engine is in none. Returns True if it did."""
+    state, manager = swarm_state(client)
+    if state == "active":
+        if not manager:
+            raise EngineError(
+                "this Docker engine is a swarm worker, not a manager. "
+                "Run the command on a manager node (see `docker node ls` there)."
+            )
+        return False
+    if state != "inactive":
+        raise EngineError(
+            f"the swarm on this engine is {state}. Fix it with `docker swarm` (e.g. unlock) and retry."
+        )
+    try:
+        client.swarm.init(advertise_addr=advertise_addr or None)
+    except APIError as exc:
+        raise EngineError(
+            f"docker swarm init failed: {exc.explanation}. "
+            "Set SWARM_ADVERTISE_ADDR in .env to this node's address and retry."
+        ) from None
+    return True
+
+
+def require_manager(client: docker.DockerClient) -> None:
+    state, manager = swarm_state(client)
+    if state != "active":
+        raise EngineError("this Docker engine is not in a swarm. Run: invoke swarm.init")
+    if not manager:
+        raise EngineError(
+            "this Docker engine is a swarm worker, not a manager. Run the command on a manager."
+        )
+
+
+def ensure_network(client: docker.DockerClient, name: str) -> bool:
+    """An attachable overlay network of this exact name. Returns True if it was created."""
+    for network in client.networks.list(names=[name]):
+        if network.name != name:
+            continue
+        driver = network.attrs.get("Driver")
+        if driver != "overlay":
+            raise EngineError(
+                f"network {name} exists with driver {driver}, not overlay. "
+                f"Remove it (docker network rm {name}) and retry."
+            )
+        return False
+    client.networks.create(
+        name, driver="overlay", attachable=True, scope="swarm", labels={LABEL_STACK: "platform"}
+    )
+    return True
+
+
+def existing_secret_names(client: docker.DockerClient) -> set[str]:
+    return {secret.name for secret in client.secrets.list()}
+
+
+def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
+    """Create a content-named secret unless it exists. Returns True if it was created."""
+    if obj.name in {s.name for s in client.secrets.list(filters={"name": obj.name})}:
+        return False
+    try:
+        client.secrets.create(name=obj.name, data=obj.data, labels=obj.labels)
+    except APIError as exc:
+        if exc.status_code == 409:  # created meanwhile by another deploy: same content
+            return False
+        raise EngineError(f"creating secret {obj.name} failed: {exc.explanation}") from None
+    return True
+
+
+def stack_services(client: docker.DockerClient, stack: str) -> list:
+    return client.services.list(filters={"label": f"{STACK_NAMESPACE}={stack}"})
+
+
+def deployed_stacks(client: docker.DockerClient) -> set[str]:
+    return {
+        service.attrs["Spec"].get("Labels", {}).get(STACK_NAMESPACE, "")
+        for service in client.services.list()
+    } - {""}
+
+
+def docker_cli(
+    args: Sequence[str], variables: Mapping[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI with stack variables in its environment (never secret values)."""
+    env = {**os.environ, **(variables or {})}
+    try:
+        result = subprocess.run(list(args), env=env, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise EngineError(
+            "the docker command is not installed. Install the Docker CLI and retry."
+        ) from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise EngineError(f"{' '.join(args[:3])} failed: {detail[-1] if detail else 'no output'}")
+    return result

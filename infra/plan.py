@@ -1,0 +1,237 @@
+"""Plan a deploy: which networks, data directories, secrets, configs and stack commands a
+target needs, with content-hashed names. Pure: reads files, never talks to Docker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from infra import catalog
+from infra.catalog import CORE, ENVIRONMENTS, NETWORKS, RUNNER, SHARED
+from infra.errors import SettingsError
+from infra.secrets import render_secret
+from infra.settings import STACKS_DIR, Settings
+
+HASH_LENGTH = 12
+LABEL_STACK = "org.nextcandle.stack"
+LABEL_KEY = "org.nextcandle.key"
+LABEL_HASH = "org.nextcandle.content-hash"
+
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:HASH_LENGTH]
+
+
+def versioned_name(stack: str, key: str, data: bytes) -> str:
+    return f"{stack}_{key}-{content_hash(data)}"
+
+
+@dataclass(frozen=True)
+class DockerObject:
+    """A Docker config or secret the stack mounts, named after its content."""
+
+    kind: str  # "config" or "secret"
+    stack: str
+    key: str
+    name: str
+    source: str  # where the content comes from, for people: a file path or secrets.yml
+    data: bytes = field(repr=False, compare=False)
+
+    @property
+    def variable(self) -> str:
+        return f"{self.kind.upper()}_{self.key.upper()}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LABEL_STACK: self.stack, LABEL_KEY: self.key, LABEL_HASH: self.name.rsplit("-", 1)[1]}
+
+
+@dataclass(frozen=True)
+class DataDir:
+    path: Path
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    name: str
+    files: tuple[Path, ...]
+    variables: Mapping[str, str] = field(repr=False)
+    secrets: tuple[DockerObject, ...]
+    configs: tuple[DockerObject, ...]
+    data_dirs: tuple[DataDir, ...]
+    ports: Mapping[str, int]
+    resolve_image: str = "changed"
+
+    def deploy_command(self) -> list[str]:
+        command = ["docker", "stack", "deploy", "--prune", f"--resolve-image={self.resolve_image}"]
+        for path in self.files:
+            command += ["-c", str(path)]
+        return [*command, self.name]
+
+    def config_command(self) -> list[str]:
+        command = ["docker", "stack", "config"]
+        for path in self.files:
+            command += ["-c", str(path)]
+        return command
+
+
+@dataclass(frozen=True)
+class Plan:
+    networks: tuple[str, ...]
+    stacks: tuple[StackPlan, ...]
+    generate_secrets: bool = False  # secrets.yml is missing and will be written first
+
+    @property
+    def data_dirs(self) -> tuple[DataDir, ...]:
+        return tuple(d for stack in self.stacks for d in stack.data_dirs)
+
+
+def stack_files(stack: str, tunnel: bool = True) -> tuple[Path, ...]:
+    """The compose files of a stack, base file first, overlays after."""
+    if stack == CORE:
+        names = ["core.yml"] + (["core.tunnel.yml"] if tunnel else [])
+    elif stack in ENVIRONMENTS:
+        env = ENVIRONMENTS[stack]
+        names = ["env.yml", "env.postgres-port.yml"]
+        names += ["env.redis-port.yml"] if env.redis_port is not None else []
+    elif stack in (SHARED, RUNNER):
+        names = [f"{stack}.yml"]
+    else:
+        raise SettingsError(f"unknown stack {stack!r}. Valid: {', '.join(catalog.STACKS)}.")
+    return tuple(STACKS_DIR / name for name in names)
+
+
+def stack_variables(stack: str, settings: Settings) -> dict[str, str]:
+    """Everything a stack file may interpolate, except the hashed config and secret names."""
+    variables = {
+        **settings.stack_variables(),
+        "TRAEFIK_NETWORK": catalog.TRAEFIK_NETWORK,
+        "MONITORING_NETWORK": catalog.MONITORING_NETWORK,
+        **catalog.port_variables(),
+    }
+    if stack in ENVIRONMENTS:
+        variables.update(ENVIRONMENTS[stack].variables())
+    return variables
+
+
+def interpolate(text: str, variables: Mapping[str, str], where: str) -> str:
+    """Compose-style ${NAME}, ${NAME:-default} and ${NAME:?message}, for the plan's own reading.
+
+    The stack files themselves are interpolated by `docker stack`; this only resolves the
+    file paths the plan hashes and the bind-mount paths it creates.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group("name")
+        if name in variables:
+            return variables[name]
+        whole = match.group(0)
+        if ":-" in whole:
+            return whole.split(":-", 1)[1][:-1]
+        raise SettingsError(f"{where} uses ${{{name}}}, which infra does not set.")
+
+    return _VARIABLE.sub(replace, text)
+
+
+def _read_stack_file(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"stack file {path} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"stack file {path} is not a compose file.")
+    return data
+
+
+def plan_stack(
+    stack: str,
+    settings: Settings,
+    secret_values: Mapping[str, str] | None,
+    tunnel: bool = True,
+) -> StackPlan:
+    """What deploying one stack needs. Without secret values (secrets.yml not yet generated),
+    secret names carry a placeholder hash."""
+    files = stack_files(stack, tunnel)
+    variables = stack_variables(stack, settings)
+    secrets: dict[str, DockerObject] = {}
+    configs: dict[str, DockerObject] = {}
+    data_dirs: dict[Path, DataDir] = {}
+
+    for path in files:
+        document = _read_stack_file(path)
+        for key, spec in (document.get("configs") or {}).items():
+            source = Path(interpolate(str(spec.get("file", "")), variables, f"{path.name} config {key}"))
+            source = (path.parent / source).resolve()
+            try:
+                data = source.read_bytes()
+            except OSError:
+                raise SettingsError(
+                    f"{path.name}: config {key} reads {source}, which does not exist."
+                ) from None
+            configs[key] = DockerObject(
+                "config", stack, key, versioned_name(stack, key, data), _relative(source), data
+            )
+        for key in document.get("secrets") or {}:
+            if secret_values is None:
+                data, name = b"", f"{stack}_{key}-<new>"
+            else:
+                data = render_secret(stack, key, secret_values)
+                name = versioned_name(stack, key, data)
+            secrets[key] = DockerObject("secret", stack, key, name, "secrets.yml", data)
+        for service, spec in (document.get("services") or {}).items():
+            for volume in spec.get("volumes") or []:
+                source = volume.get("source", "") if isinstance(volume, dict) else volume.split(":")[0]
+                if not source.startswith("${DATA_ROOT}"):
+                    continue
+                directory = Path(interpolate(source, variables, f"{path.name} {service}"))
+                uid, gid = catalog.DATA_OWNERS.get(service, (0, 0))
+                data_dirs[directory] = DataDir(directory, uid, gid)
+
+    for obj in (*secrets.values(), *configs.values()):
+        variables[obj.variable] = obj.name
+    return StackPlan(
+        name=stack,
+        files=files,
+        variables=variables,
+        secrets=tuple(secrets.values()),
+        configs=tuple(configs.values()),
+        data_dirs=tuple(data_dirs.values()),
+        ports=catalog.published_ports(stack),
+        resolve_image=settings.get("RESOLVE_IMAGE") or "changed",
+    )
+
+
+def deploy_order(target: str) -> tuple[str, ...]:
+    """The stacks a deploy of `target` brings up, in order: core first, as the original did."""
+    if target == "all":
+        return catalog.DEPLOY_ALL
+    if target == CORE:
+        return (CORE,)
+    return (CORE, target)
+
+
+def plan_deploy(
+    targets: tuple[str, ...],
+    settings: Settings,
+    secret_values: Mapping[str, str] | None,
+    tunnel: bool = True,
+) -> Plan:
+    stacks = tuple(plan_stack(name, settings, secret_values, tunnel) for name in targets)
+    return Plan(networks=NETWORKS, stacks=stacks, generate_secrets=secret_values is None)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(STACKS_DIR.parent))
+    except ValueError:
+        return str(path)

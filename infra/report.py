@@ -1,0 +1,122 @@
+"""Text for the operator: plans, status tables and access information. Never secret values."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+from pathlib import Path
+
+import docker
+
+from infra import converge, engine
+from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
+from infra.plan import Plan, StackPlan
+from infra.settings import Settings
+
+
+def format_plan(plan: Plan, settings: Settings) -> str:
+    lines = []
+    if plan.generate_secrets:
+        lines.append(f"secrets.yml   {settings.secrets_file} is missing: it will be generated (0600)")
+    lines.append("networks      " + "  ".join(f"{n} (overlay, attachable)" for n in plan.networks))
+    for stack in plan.stacks:
+        lines.append(f"stack {stack.name}")
+        lines += _stack_lines(stack, settings.root)
+    return "\n".join(lines)
+
+
+def _stack_lines(stack: StackPlan, root: Path) -> list[str]:
+    lines = [f"  data        {d.path}  owner {d.uid}:{d.gid}" for d in stack.data_dirs]
+    lines += [f"  secret      {s.name}" for s in stack.secrets]
+    lines += [f"  config      {c.name}  <- {c.source}" for c in stack.configs]
+    lines += [f"  port        {port} ({name}, host mode)" for name, port in stack.ports.items()]
+    command = shlex.join(stack.deploy_command()).replace(f"{root}/", "")
+    lines.append(f"  command     {command}")
+    return lines
+
+
+def access_info(settings: Settings, stacks: tuple[str, ...], values: dict[str, str] | None) -> str:
+    """Where to reach what was deployed: local ports and URLs, and the tunnel's host names."""
+    lines = []
+    for stack in stacks:
+        if stack == CORE:
+            user = values.get("traefik_dashboard_user") if values else "see secrets.yml"
+            lines.append(
+                f"core     dashboard http://localhost:{CORE_PORTS['dashboard']}/dashboard/ "
+                f"(user {user}, password in {settings.secrets_file})"
+            )
+            lines.append(f"         http://localhost:{CORE_PORTS['web']} routes by host name")
+        elif stack in ENVIRONMENTS:
+            env = ENVIRONMENTS[stack]
+            user = values.get(f"{stack}_postgres_user") if values else "<user>"
+            db = values.get(f"{stack}_postgres_db") if values else "<db>"
+            lines.append(f"{stack:<8} postgres postgresql://{user}@localhost:{env.postgres_port}/{db}")
+            redis = f"localhost:{env.redis_port}" if env.redis_port else f"tasks.{stack}_redis:6379 (inside the swarm only)"
+            lines.append(f"         redis    {redis}")
+            lines.append(f"         tunnel   https://{settings.domain(stack)}")
+        elif stack == SHARED:
+            domain = settings.shared_domain
+            for name in ("grafana", "n8n", "s3", "storage"):
+                lines.append(f"shared   {name:<8} http://{name}.localhost  https://{name}.{domain}")
+            lines.append("         prometheus http://prometheus.localhost (not routed publicly)")
+    return "\n".join(lines)
+
+
+def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[str, list[dict]]:
+    """One table of stacks and services; with `verbose`, tasks and networks too."""
+    rows: list[dict] = []
+    lines = [f"{'SERVICE':<28} {'REPLICAS':<10} {'HEALTH':<10} {'UPDATE':<20} {'IMAGE':<40} PORTS"]
+    deployed = engine.deployed_stacks(client)
+    for stack in [*STACKS, *sorted(deployed - set(STACKS))]:
+        if stack not in deployed:
+            lines.append(f"{stack}: not deployed")
+            rows.append({"stack": stack, "deployed": False, "services": []})
+            continue
+        states = converge.stack_states(client, stack)
+        lines.append(f"{stack}:")
+        services = []
+        for s in states:
+            health = "ok" if s.converged else ("failed" if s.rolled_back else "starting")
+            lines.append(
+                f"  {s.name:<26} {f'{s.running}/{s.desired}':<10} {health:<10} "
+                f"{s.update_state or '-':<20} {s.image:<40} {', '.join(s.ports) or '-'}"
+            )
+            services.append(
+                {"name": s.name, "running": s.running, "desired": s.desired, "health": health,
+                 "update_state": s.update_state, "image": s.image, "ports": list(s.ports)}
+            )
+            if verbose:
+                lines += [f"      task error: {e}" for e in s.errors]
+        rows.append({"stack": stack, "deployed": True, "services": services})
+    if verbose:
+        lines.append("tasks:")
+        for service in client.services.list():
+            for task in service.tasks():
+                node = task.get("NodeID", "")[:12]
+                state = task["Status"]["State"]
+                err = task["Status"].get("Err", "")
+                lines.append(f"  {service.name:<26} node {node:<12} {state:<10} {err}")
+        lines.append("networks:")
+        for name in NETWORKS:
+            found = [n for n in client.networks.list(names=[name]) if n.name == name]
+            lines.append(f"  {name:<26} {'present' if found else 'missing'}")
+    return "\n".join(lines), rows
+
+
+def disk_usage(data_root: Path) -> list[str]:
+    if not data_root.is_dir():
+        return [f"{data_root}: not created yet"]
+    lines = []
+    for child in sorted(p for p in data_root.iterdir() if p.is_dir()):
+        lines.append(f"  {child.name:<10} {_size(child) / 1024 / 1024:10.1f} MiB  {child}")
+    return lines
+
+
+def _size(directory: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(directory, onerror=lambda _err: None):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total

@@ -1,0 +1,203 @@
+"""Operator settings: `.env`, the process environment and the image file, validated once.
+
+Precedence is the usual one for compose tools: the process environment wins over `.env`,
+which wins over the defaults below. Paths are resolved to absolute ones here, once, so every
+task works from any directory (DESIGN decision 5).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv.parser import parse_stream
+
+from infra.catalog import ENVIRONMENTS, STACKS
+from infra.errors import SettingsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STACKS_DIR = REPO_ROOT / "stacks"
+CONFIGS_DIR = REPO_ROOT / "configs"
+DEFAULT_IMAGES_FILE = STACKS_DIR / "images.env"
+
+# Every variable the original platform's .env knew, plus DATA_ROOT, with its default.
+# None marks a value that has no default and is needed only by some commands.
+DEFAULTS: dict[str, str | None] = {
+    "PROJECT_NAME": "nextcandle",
+    "DOMAIN_DEV": "dev.localhost",
+    "DOMAIN_STG": "stg.localhost",
+    "DOMAIN_PROD": "localhost",
+    "CLOUDFLARE_TUNNEL_TOKEN": None,
+    "GITHUB_OWNER": None,
+    "RUNNER_TOKEN": None,
+    "RUNNER_REPLICAS": "2",
+    "DATA_ROOT": None,  # <repo>/.data
+    "SECRETS_FILE": None,  # <repo>/secrets/secrets.yml
+    "SWARM_ADVERTISE_ADDR": None,  # let Docker choose
+    "RESOLVE_IMAGE": "changed",  # docker stack deploy --resolve-image
+}
+# ENV_FILE (default <repo>/.env) is read from the process environment only.
+
+_PROJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_RESOLVE_IMAGE = ("always", "changed", "never")
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path
+    values: Mapping[str, str]
+    images: Mapping[str, str]
+    data_root: Path
+    secrets_file: Path
+    env_file: Path | None = field(default=None)
+
+    def get(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    @property
+    def project_name(self) -> str:
+        return self.values["PROJECT_NAME"]
+
+    @property
+    def shared_domain(self) -> str:
+        return self.values["DOMAIN_PROD"]
+
+    def domain(self, environment: str) -> str:
+        return self.values[f"DOMAIN_{environment.upper()}"]
+
+    @property
+    def tunnel_token(self) -> str:
+        return self.get("CLOUDFLARE_TUNNEL_TOKEN")
+
+    @property
+    def runner_replicas(self) -> int:
+        return int(self.values["RUNNER_REPLICAS"])
+
+    def stack_variables(self) -> dict[str, str]:
+        """Variables every stack file may use (images, paths, domains)."""
+        return {
+            **self.images,
+            "DATA_ROOT": str(self.data_root),
+            "PROJECT_NAME": self.project_name,
+            "DOMAIN_DEV": self.domain("dev"),
+            "DOMAIN_STG": self.domain("stg"),
+            "DOMAIN_PROD": self.domain("prod"),
+            "SHARED_DOMAIN": self.shared_domain,
+            "GITHUB_OWNER": self.get("GITHUB_OWNER"),
+            "RUNNER_REPLICAS": str(self.runner_replicas),
+        }
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a dotenv file; a line that is neither that nor a comment is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"{path} cannot be read ({exc.strerror}). Fix its permissions.") from exc
+    values: dict[str, str] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error or (binding.key is not None and binding.value is None):
+            # The line itself is not echoed: it may hold a token.
+            raise SettingsError(
+                f"{path} line {binding.original.line} is not KEY=VALUE. "
+                "Fix or remove that line (comments start with #)."
+            )
+        if binding.key is not None:
+            values[binding.key] = binding.value
+    return values
+
+
+def load_settings(
+    root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    env_file = _absolute(root, environ.get("ENV_FILE") or ".env")
+    from_file = read_env_file(env_file) if env_file.exists() else {}
+
+    values: dict[str, str] = {}
+    for name, default in DEFAULTS.items():
+        value = environ.get(name, from_file.get(name, default or ""))
+        values[name] = value.strip()
+    for name, value in from_file.items():  # keys the platform passes through (Supabase, ...)
+        values.setdefault(name, environ.get(name, value))
+
+    _validate(values, env_file if env_file.exists() else None)
+    images = load_images(root, values, environ)
+    data_root = _absolute(root, values["DATA_ROOT"] or ".data")
+    secrets_file = _absolute(root, values["SECRETS_FILE"] or "secrets/secrets.yml")
+    return Settings(
+        root=root,
+        values=values,
+        images=images,
+        data_root=data_root,
+        secrets_file=secrets_file,
+        env_file=env_file if env_file.exists() else None,
+    )
+
+
+def load_images(
+    root: Path, values: Mapping[str, str], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The image file (IMAGES_FILE or stacks/images.env), each entry overridable by name."""
+    path = Path(environ.get("IMAGES_FILE") or values.get("IMAGES_FILE") or "")
+    path = _absolute(root, str(path)) if str(path) not in ("", ".") else DEFAULT_IMAGES_FILE
+    if not path.is_file():
+        raise SettingsError(f"image file {path} does not exist. Unset IMAGES_FILE or fix its path.")
+    images = read_env_file(path)
+    for name in images:
+        if not name.endswith("_IMAGE"):
+            raise SettingsError(f"{path}: {name} is not an image variable (names end in _IMAGE).")
+        images[name] = environ.get(name, images[name]).strip()
+        if not images[name] or ":" not in images[name].rsplit("/", 1)[-1]:
+            raise SettingsError(
+                f"{path}: {name}={images[name]!r} has no pinned tag. Write it as name:tag."
+            )
+        if images[name].endswith(":latest"):
+            raise SettingsError(f"{path}: {name} uses :latest. Pin a version tag.")
+    return images
+
+
+def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
+    where = f" (in {env_file} or the environment)" if env_file else ""
+    if not _PROJECT_NAME.match(values["PROJECT_NAME"]):
+        raise SettingsError(
+            f"PROJECT_NAME={values['PROJECT_NAME']!r}{where} is not valid: use lower-case "
+            "letters, digits and dashes, starting with a letter (e.g. nextcandle)."
+        )
+    replicas = values["RUNNER_REPLICAS"]
+    if not replicas.isdigit() or not 0 < int(replicas) <= 32:
+        raise SettingsError(
+            f"RUNNER_REPLICAS={replicas!r}{where} is not a number from 1 to 32. Fix it in .env."
+        )
+    if values["RESOLVE_IMAGE"] not in _RESOLVE_IMAGE:
+        raise SettingsError(
+            f"RESOLVE_IMAGE={values['RESOLVE_IMAGE']!r}{where} is not valid. "
+            f"Valid: {', '.join(_RESOLVE_IMAGE)}."
+        )
+    for env in ENVIRONMENTS:
+        domain = values[f"DOMAIN_{env.upper()}"]
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
+            raise SettingsError(
+                f"DOMAIN_{env.upper()}={domain!r}{where} is not a host name. "
+                "Write it like app.example.com."
+            )
+
+
+def _absolute(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else root / path).resolve()
+
+
+def check_target(name: str, allowed: tuple[str, ...] | None = None) -> str:
+    """Validate a stack or environment name given on the command line."""
+    allowed = allowed or tuple(STACKS)
+    if name not in allowed:
+        raise SettingsError(
+            f"unknown {'environment' if set(allowed) <= set(ENVIRONMENTS) else 'target'} "
+            f"{name!r}. Valid: {', '.join(allowed)}."
+        )
+    return name

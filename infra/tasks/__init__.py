@@ -1,0 +1,1 @@
+"""The invoke command-line layer: one module per namespace, each thin (DESIGN: Architecture)."""

@@ -1,0 +1,45 @@
+"""What every task module shares: help strings, loading settings, turning errors into Exit."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from invoke.exceptions import Exit
+
+from infra.catalog import ENVIRONMENTS, STACKS
+from infra.errors import InfraError
+from infra.settings import Settings, load_settings
+
+HELP = {
+    "name": f"environment: {', '.join(ENVIRONMENTS)}",
+    "dry_run": "print the plan and change nothing (needs no Docker daemon)",
+    "no_tunnel": "deploy core without the Cloudflare tunnel (no CLOUDFLARE_TUNNEL_TOKEN needed)",
+    "no_wait": "return after `docker stack deploy` instead of waiting for convergence",
+    "timeout": "seconds to wait for the services to converge (default 300)",
+    "cleanup": "also remove the stack's unused secrets and configs (never data)",
+    "verbose": "add tasks with node and error, networks and DATA_ROOT disk use",
+    "json": "print the status as JSON, for scripts",
+    "service": "full service name, e.g. dev_postgres (see `invoke status`)",
+    "follow": "keep printing new log lines",
+    "tail": "how many past lines to show (default 100)",
+    "target": f"one of: {', '.join(STACKS)}, all",
+}
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def operator_errors(task_body: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's InfraError into one line and exit code 1 (never a traceback)."""
+
+    @functools.wraps(task_body)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task_body(*args, **kwargs)
+        except InfraError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+
+    return wrapper

@@ -1,0 +1,25 @@
+"""logs: a service's recent log lines, optionally followed."""
+
+from invoke import task
+
+from infra import engine
+from infra.errors import SettingsError
+from infra.tasks.common import HELP, operator_errors
+
+
+@task(help={"service": HELP["service"], "follow": HELP["follow"], "tail": HELP["tail"]})
+@operator_errors
+def logs(c, service="", follow=False, tail=100):
+    """Print a service's logs (e.g. --service=dev_postgres)."""
+    client = engine.connect()
+    engine.require_manager(client)
+    names = sorted(s.name for s in client.services.list())
+    if service not in names:
+        raise SettingsError(
+            f"no service named {service!r}. Valid: {', '.join(names) or 'none deployed'}."
+        )
+    stream = client.services.get(service).logs(
+        stdout=True, stderr=True, follow=follow, tail=int(tail), timestamps=True
+    )
+    for chunk in stream:
+        print(chunk.decode(errors="replace"), end="", flush=True)

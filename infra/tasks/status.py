@@ -1,0 +1,25 @@
+"""status: one table of stacks and services."""
+
+import json
+
+from invoke import task
+
+from infra import engine, report
+from infra.tasks.common import HELP, operator_errors, settings
+
+
+@task(help={"verbose": HELP["verbose"], "json": HELP["json"]})
+@operator_errors
+def status(c, verbose=False, json_=False):
+    """Show every stack's services: replicas, health, update state, image, ports."""
+    config = settings()
+    client = engine.connect()
+    engine.require_manager(client)
+    text, rows = report.status_table(client, verbose=verbose)
+    if json_:
+        print(json.dumps({"stacks": rows}, indent=2))
+        return
+    print(text)
+    if verbose:
+        print(f"data ({config.data_root}):")
+        print("\n".join(report.disk_usage(config.data_root)))

@@ -1,0 +1,42 @@
+"""Sessions: lint, unit (default), images and acceptance (opt-in: they need a Docker engine)."""
+
+import nox
+
+nox.needs_version = ">=2024.10"
+nox.options.sessions = ["lint", "unit"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Run ruff over the whole repository."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Run the unit tests (no Docker daemon needed)."""
+    _install(session)
+    session.run("pytest", *(session.posargs or ("tests/unit",)))
+
+
+@nox.session(python=PYTHON, default=False)
+def images(session: nox.Session) -> None:
+    """Build (or reuse) the stand-in images and run their contract tests."""
+    _install(session)
+    session.run("python", "-m", "tests.images.build")
+    session.run("pytest", *(session.posargs or ("tests/images",)))
+
+
+@nox.session(python=PYTHON, default=False)
+def acceptance(session: nox.Session) -> None:
+    """Deploy every stack into a fresh Docker-in-Docker swarm and check it from outside."""
+    _install(session)
+    session.run("pytest", *(session.posargs or ("tests/acceptance",)))

@@ -1,0 +1,15 @@
+"""The platform's invoke tasks: this file only assembles namespaces from infra/tasks."""
+
+from invoke import Collection
+
+from infra.tasks import deploy, logs, status, stop, swarm
+from infra.tasks import secrets_ as secrets
+
+ns = Collection()
+ns.add_collection(Collection.from_module(swarm), "swarm")
+ns.add_collection(Collection.from_module(secrets), "secrets")
+ns.add_collection(Collection.from_module(deploy), "deploy")
+ns.add_collection(Collection.from_module(stop), "stop")
+ns.add_task(status.status, "status")
+ns.add_task(logs.logs, "logs")
+ns.configure({"run": {"echo": False}})

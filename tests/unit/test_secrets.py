@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+import yaml
+from passlib.apache import HtpasswdFile
+
+from infra import secrets
+from infra.catalog import ENVIRONMENTS
+from infra.errors import SecretsError
+
+PASSWORD_KEYS = [k for k in secrets.SCHEMA_KEYS if k.endswith(("_password", "_secret_key"))]
+
+
+@pytest.fixture
+def generated(settings):
+    assert secrets.generate(settings)
+    return secrets.load(settings)
+
+
+def test_generate_writes_a_0600_file_with_every_key(settings, generated):
+    mode = stat.S_IMODE(settings.secrets_file.stat().st_mode)
+    assert mode == 0o600
+    assert set(generated) == set(secrets.SCHEMA_KEYS)
+
+
+@pytest.mark.parametrize("key", PASSWORD_KEYS, ids=PASSWORD_KEYS)
+def test_passwords_are_long_random_tokens(settings, generated, key):
+    assert len(generated[key]) >= 32
+    other = secrets.generate_values(settings)
+    assert other[key] != generated[key]
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_postgres_names_are_readable_identifiers(generated, env):
+    assert generated[f"{env}_postgres_user"] == f"nextcandle_{env}"
+    assert generated[f"{env}_postgres_db"] == f"nextcandle_{env}"
+
+
+def test_htpasswd_line_verifies_the_generated_password(generated):
+    htpasswd = HtpasswdFile.from_string(generated["traefik_dashboard_htpasswd"])
+    user = generated["traefik_dashboard_user"]
+    assert htpasswd.check_password(user, generated["traefik_dashboard_password"])
+    assert not htpasswd.check_password(user, "wrong")
+
+
+def test_generate_never_rewrites_an_existing_file(settings, generated):
+    before = settings.secrets_file.read_bytes()
+    assert secrets.generate(settings) is False
+    assert settings.secrets_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("dev_postgres_db: [unclosed\n", "not valid YAML at line"),
+        ("- a\n- b\n", "not a mapping"),
+        ("", "not a mapping"),
+    ],
+    ids=["bad-yaml", "a-list", "empty"],
+)
+def test_malformed_secrets_file_is_one_clear_line(settings, content, expected):
+    settings.secrets_file.parent.mkdir(parents=True)
+    settings.secrets_file.write_text(content)
+    with pytest.raises(SecretsError, match=expected) as error:
+        secrets.load(settings)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_key_is_named(settings, generated):
+    del generated["stg_redis_password"]
+    settings.secrets_file.write_text(yaml.safe_dump(generated))
+    with pytest.raises(SecretsError, match="no value for stg_redis_password"):
+        secrets.load(settings)
+
+
+def test_unknown_key_is_named_without_values(settings, generated):
+    settings.secrets_file.write_text(yaml.safe_dump({**generated, "dev_postgress_password": "x"}))
+    with pytest.raises(SecretsError, match="unknown keys: dev_postgress_password"):
+        secrets.load(settings)
+
+
+def test_redis_exporter_password_file_is_a_json_map_of_every_environment(generated):
+    content = json.loads(secrets.render_secret("shared", "redis_exporter_passwords", generated))
+    assert content == {
+        f"redis://tasks.{env}_redis:6379": generated[f"{env}_redis_password"] for env in ENVIRONMENTS
+    }
+
+
+def test_s3_config_has_one_identity_and_no_anonymous_access(generated):
+    config = json.loads(secrets.render_secret("shared", "s3_config", generated))
+    (identity,) = config["identities"]
+    assert identity["credentials"] == [
+        {"accessKey": generated["s3_access_key"], "secretKey": generated["s3_secret_key"]}
+    ]
+    assert identity["name"] != "anonymous"
+
+
+def test_n8n_key_has_no_trailing_newline(generated):
+    # n8n reads *_FILE variables without trimming.
+    assert secrets.render_secret("shared", "n8n_encryption_key", generated) == (
+        generated["n8n_encryption_key"].encode()
+    )
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_redis_auth_conf_is_a_requirepass_line(generated, env):
+    content = secrets.render_secret(env, "redis_auth_conf", generated).decode()
+    assert content == f'requirepass "{generated[f"{env}_redis_password"]}"\n'
+
+
+def test_empty_env_token_names_the_variable(generated):
+    values = {**generated, "cloudflare_tunnel_token": ""}
+    with pytest.raises(SecretsError, match="Set CLOUDFLARE_TUNNEL_TOKEN in .env"):
+        secrets.render_secret("core", "cloudflare_tunnel_token", values)

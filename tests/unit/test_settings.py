@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.errors import SettingsError
+from infra.settings import DEFAULT_IMAGES_FILE, REPO_ROOT, check_target, load_settings, read_env_file
+
+
+def test_defaults_without_env_file(settings):
+    assert settings.project_name == "nextcandle"
+    assert settings.runner_replicas == 2
+    assert settings.env_file is None
+
+
+def test_env_file_values_are_read(tmp_path, environ):
+    Path(environ["ENV_FILE"]).write_text("PROJECT_NAME=acme\nDOMAIN_PROD=acme.io\nSUPABASE_URL=x\n")
+    settings = load_settings(REPO_ROOT, environ)
+    assert (settings.project_name, settings.shared_domain) == ("acme", "acme.io")
+    assert settings.get("SUPABASE_URL") == "x"
+
+
+def test_process_environment_wins_over_env_file(environ):
+    Path(environ["ENV_FILE"]).write_text("PROJECT_NAME=fromfile\n")
+    settings = load_settings(REPO_ROOT, {**environ, "PROJECT_NAME": "fromenv"})
+    assert settings.project_name == "fromenv"
+
+
+def test_relative_data_root_is_resolved_against_the_repository(environ):
+    settings = load_settings(REPO_ROOT, {**environ, "DATA_ROOT": "var/data"})
+    assert settings.data_root == REPO_ROOT / "var" / "data"
+
+
+def test_default_data_root_is_in_the_repository(environ):
+    del environ["DATA_ROOT"]
+    assert load_settings(REPO_ROOT, environ).data_root == REPO_ROOT / ".data"
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["this is not an assignment", "CLOUDFLARE_TUNNEL_TOKEN", "A='unterminated"],
+    ids=["words", "key-without-value", "open-quote"],
+)
+def test_malformed_env_line_names_the_line_and_not_its_content(tmp_path, line):
+    path = tmp_path / "env"
+    path.write_text(f"PROJECT_NAME=ok\n{line}\n")
+    with pytest.raises(SettingsError) as error:
+        read_env_file(path)
+    message = str(error.value)
+    assert "line 2" in message
+    assert line not in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PROJECT_NAME", "Bad Name"),
+        ("RUNNER_REPLICAS", "two"),
+        ("RUNNER_REPLICAS", "0"),
+        ("DOMAIN_STG", "https://stg.example.com"),
+        ("RESOLVE_IMAGE", "sometimes"),
+    ],
+    ids=["project-name", "replicas-word", "replicas-zero", "domain-url", "resolve-image"],
+)
+def test_invalid_setting_is_refused_with_its_name(environ, name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings(REPO_ROOT, {**environ, name: value})
+
+
+def test_every_image_is_pinned(settings):
+    assert settings.images
+    for name, ref in settings.images.items():
+        assert name.endswith("_IMAGE")
+        assert ":" in ref.rsplit("/", 1)[-1], ref
+        assert not ref.endswith(":latest"), ref
+
+
+def test_image_can_be_overridden_by_name(environ):
+    settings = load_settings(REPO_ROOT, {**environ, "REDIS_IMAGE": "mirror.local/redis:7.4.7"})
+    assert settings.images["REDIS_IMAGE"] == "mirror.local/redis:7.4.7"
+
+
+def test_images_file_can_be_replaced(tmp_path, environ):
+    other = tmp_path / "images.env"
+    other.write_text(DEFAULT_IMAGES_FILE.read_text().replace("traefik:", "mirror.local/traefik:"))
+    settings = load_settings(REPO_ROOT, {**environ, "IMAGES_FILE": str(other)})
+    assert settings.images["TRAEFIK_IMAGE"].startswith("mirror.local/traefik:")
+
+
+@pytest.mark.parametrize(
+    "content", ["TRAEFIK_IMAGE=traefik\n", "TRAEFIK_IMAGE=traefik:latest\n", "TRAEFIK=traefik:v3\n"],
+    ids=["no-tag", "latest", "not-an-image-variable"],
+)
+def test_bad_images_file_is_refused(tmp_path, environ, content):
+    other = tmp_path / "images.env"
+    other.write_text(content)
+    with pytest.raises(SettingsError, match="images.env"):
+        load_settings(REPO_ROOT, {**environ, "IMAGES_FILE": str(other)})
+
+
+@pytest.mark.parametrize("name", ["qa", "", "DEV"], ids=["qa", "empty", "upper-case"])
+def test_unknown_environment_lists_the_valid_ones(name):
+    with pytest.raises(SettingsError, match="Valid: dev, stg, prod"):
+        check_target(name, ("dev", "stg", "prod"))
