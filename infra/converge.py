@@ -161,7 +161,8 @@ def _failure_report(client, stack, states, timeout, failed) -> str:
     names = ", ".join(s.name for s in states) or "(no services)"
     if failed:
         verdicts = [
-            f"{s.name} was rolled back to its previous spec" if s.rolled_back
+            f"{s.name} was rolled back to its previous spec"
+            if s.rolled_back
             else f"{s.name} update {s.update_state}"
             for s in failed
         ]
@@ -173,7 +174,9 @@ def _failure_report(client, stack, states, timeout, failed) -> str:
         lines.append(f"  {state.name}: {state.summary()}")
         lines += [f"    task error: {err}" for err in state.errors]
         lines += [f"    log: {line}" for line in service_log_tail(client, state.name)]
-    lines.append("See `invoke status -v` and `invoke logs --service=<name>`; raise --timeout if slow.")
+    lines.append(
+        "See `invoke status -v` and `invoke logs --service=<name>`; raise --timeout if slow."
+    )
     return "\n".join(lines)
 
 
@@ -181,7 +184,9 @@ def service_log_tail(client: docker.DockerClient, name: str, lines: int = 20) ->
     try:
         service = client.services.get(name)
         raw = service.logs(stdout=True, stderr=True, tail=lines, timestamps=False)
-        text = b"".join(raw).decode(errors="replace") if not isinstance(raw, bytes) else raw.decode()
+        text = (
+            b"".join(raw).decode(errors="replace") if not isinstance(raw, bytes) else raw.decode()
+        )
     except (NotFound, APIError):
         return []
     return text.splitlines()[-lines:]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import yaml
 
 from infra import converge, engine, secrets
 from infra.catalog import CORE, RUNNER
@@ -47,7 +48,9 @@ def prepare(settings: Settings, target: str, tunnel: bool = True) -> Plan:
     if RUNNER in targets:
         missing = [name for name in ("GITHUB_OWNER", "RUNNER_TOKEN") if not settings.get(name)]
         if missing:
-            raise SettingsError(f"{' and '.join(missing)} not set. Put them in .env for the runner.")
+            raise SettingsError(
+                f"{' and '.join(missing)} not set. Put them in .env for the runner."
+            )
     values = None
     if settings.secrets_file.exists():
         values = secrets.with_env_tokens(secrets.load(settings), settings)
@@ -61,7 +64,9 @@ def check_data_root(data_root: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise SettingsError(f"DATA_ROOT {data_root} is inside a file ({existing}). Set DATA_ROOT to a directory.")
+        raise SettingsError(
+            f"DATA_ROOT {data_root} is inside a file ({existing}). Set DATA_ROOT to a directory."
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise SettingsError(
             f"DATA_ROOT {data_root} cannot be written ({existing} is not writable by this user). "
@@ -82,11 +87,12 @@ def ensure_data_dir(directory: DataDir) -> bool:
     return True
 
 
-def check_ports_free(client: docker.DockerClient, plan: Plan) -> None:
+def check_ports_free(client: docker.DockerClient, plan: Plan, docker_host: str) -> None:
     """A published port taken by something other than our swarm fails the deploy up front.
 
     Only meaningful when the engine runs on this machine (a unix socket)."""
-    if os.environ.get("DOCKER_HOST", "unix://").split("://")[0] not in ("unix", ""):
+    host = docker_host or os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
         return
     ours = {
         port.get("PublishedPort")
@@ -118,14 +124,16 @@ def apply(
     """Deploy `target` (and core before it). Raises InfraError with one line on bad input."""
     plan = prepare(settings, target, tunnel)
     if shutil.which("docker") is None:
-        raise SettingsError("the docker command is not installed. Install the Docker CLI and retry.")
-    client = client or engine.connect()
+        raise SettingsError(
+            "the docker command is not installed. Install the Docker CLI and retry."
+        )
+    client = client or engine.connect(settings.docker_host)
     result = DeployResult()
     state, manager = engine.swarm_state(client)
     if state == "active" and not manager:
         engine.require_manager(client)
     if state == "active":
-        check_ports_free(client, plan)
+        check_ports_free(client, plan, settings.docker_host)
 
     if plan.generate_secrets:
         result.secrets_file_written = secrets.generate(settings)
@@ -161,7 +169,14 @@ def deploy_stack(
     result: DeployResult,
 ) -> None:
     report(f"stack {stack.name}: deploying")
-    engine.docker_cli(stack.deploy_command(), stack.variables)
+    stdin = None
+    if stack.disabled:
+        rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
+        for name in stack.disabled:
+            rendered["services"].pop(name, None)
+            report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")
+        stdin = yaml.safe_dump(rendered, sort_keys=False)
+    engine.docker_cli(stack.deploy_command(), stack.variables, stdin=stdin)
     if wait:
         result.stacks[stack.name] = converge.wait_converged(
             client, stack.name, timeout=timeout, progress=report
@@ -203,7 +218,7 @@ def stop(
     from infra.catalog import STOP_ALL
 
     stacks = STOP_ALL if target == "all" else (target,)
-    client = client or engine.connect()
+    client = client or engine.connect(settings.docker_host)
     engine.require_manager(client)
     deployed = engine.deployed_stacks(client)
     removed = []
@@ -228,7 +243,9 @@ def stop(
     return removed
 
 
-def prune_objects(client: docker.DockerClient, stack: str, keep: set[str] | None = None) -> list[str]:
+def prune_objects(
+    client: docker.DockerClient, stack: str, keep: set[str] | None = None
+) -> list[str]:
     """Remove a stack's secrets and configs that no service uses (and not in `keep`)."""
     from infra.plan import LABEL_STACK
 

@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 
 import docker
+import yaml
 from docker.errors import APIError, DockerException
 
 from infra.errors import EngineError
@@ -19,10 +20,11 @@ from infra.plan import LABEL_STACK, DockerObject
 STACK_NAMESPACE = "com.docker.stack.namespace"
 
 
-def connect() -> docker.DockerClient:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+def connect(docker_host: str = "") -> docker.DockerClient:
+    """A client of the engine at `docker_host` (the DOCKER_HOST setting), else the default."""
+    host = docker_host or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        client = docker.from_env(timeout=120)
+        client = docker.DockerClient(base_url=host, timeout=120)
         client.ping()
     except DockerException as exc:
         reason = str(exc).split("(", 1)[0].strip() or type(exc).__name__
@@ -51,7 +53,8 @@ def ensure_swarm(client: docker.DockerClient, advertise_addr: str = "") -> bool:
         return False
     if state != "inactive":
         raise EngineError(
-            f"the swarm on this engine is {state}. Fix it with `docker swarm` (e.g. unlock) and retry."
+            f"the swarm on this engine is {state}. "
+            "Fix it with `docker swarm` (e.g. unlock) and retry."
         )
     try:
         client.swarm.init(advertise_addr=advertise_addr or None)
@@ -120,12 +123,17 @@ def deployed_stacks(client: docker.DockerClient) -> set[str]:
 
 
 def docker_cli(
-    args: Sequence[str], variables: Mapping[str, str] | None = None, check: bool = True
+    args: Sequence[str],
+    variables: Mapping[str, str] | None = None,
+    check: bool = True,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the docker CLI with stack variables in its environment (never secret values)."""
     env = {**os.environ, **(variables or {})}
     try:
-        result = subprocess.run(list(args), env=env, capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            list(args), env=env, input=stdin, capture_output=True, text=True, check=False
+        )
     except FileNotFoundError:
         raise EngineError(
             "the docker command is not installed. Install the Docker CLI and retry."
@@ -134,3 +142,12 @@ def docker_cli(
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise EngineError(f"{' '.join(args[:3])} failed: {detail[-1] if detail else 'no output'}")
     return result
+
+
+def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
+    """The stack as `docker stack deploy` would see it: `docker stack config`, client-side."""
+    command = ["docker", "stack", "config"]
+    for path in files:
+        command += ["-c", str(path)]
+    result = docker_cli(command, variables)
+    return yaml.safe_load(result.stdout)

@@ -51,7 +51,11 @@ class DockerObject:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {LABEL_STACK: self.stack, LABEL_KEY: self.key, LABEL_HASH: self.name.rsplit("-", 1)[1]}
+        return {
+            LABEL_STACK: self.stack,
+            LABEL_KEY: self.key,
+            LABEL_HASH: self.name.rsplit("-", 1)[1],
+        }
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,13 @@ class StackPlan:
     data_dirs: tuple[DataDir, ...]
     ports: Mapping[str, int]
     resolve_image: str = "changed"
+    disabled: tuple[str, ...] = ()  # services of the stack files left out (DISABLED_SERVICES)
 
     def deploy_command(self) -> list[str]:
+        """With disabled services, the stack is rendered, filtered and read from stdin."""
         command = ["docker", "stack", "deploy", "--prune", f"--resolve-image={self.resolve_image}"]
+        if self.disabled:
+            return [*command, "-c", "-", self.name]
         for path in self.files:
             command += ["-c", str(path)]
         return [*command, self.name]
@@ -166,11 +174,15 @@ def plan_stack(
     secrets: dict[str, DockerObject] = {}
     configs: dict[str, DockerObject] = {}
     data_dirs: dict[Path, DataDir] = {}
+    services: set[str] = set()
 
     for path in files:
         document = _read_stack_file(path)
+        services |= set(document.get("services") or {})
         for key, spec in (document.get("configs") or {}).items():
-            source = Path(interpolate(str(spec.get("file", "")), variables, f"{path.name} config {key}"))
+            source = Path(
+                interpolate(str(spec.get("file", "")), variables, f"{path.name} config {key}")
+            )
             source = (path.parent / source).resolve()
             try:
                 data = source.read_bytes()
@@ -190,8 +202,10 @@ def plan_stack(
             secrets[key] = DockerObject("secret", stack, key, name, "secrets.yml", data)
         for service, spec in (document.get("services") or {}).items():
             for volume in spec.get("volumes") or []:
-                source = volume.get("source", "") if isinstance(volume, dict) else volume.split(":")[0]
-                if not source.startswith("${DATA_ROOT}"):
+                source = (
+                    volume.get("source", "") if isinstance(volume, dict) else volume.split(":")[0]
+                )
+                if not re.match(r"\$\{DATA_ROOT[}:]", source):
                     continue
                 directory = Path(interpolate(source, variables, f"{path.name} {service}"))
                 uid, gid = catalog.DATA_OWNERS.get(service, (0, 0))
@@ -199,6 +213,19 @@ def plan_stack(
 
     for obj in (*secrets.values(), *configs.values()):
         variables[obj.variable] = obj.name
+    disabled = tuple(
+        sorted(
+            name.split("_", 1)[1]
+            for name in settings.disabled_services
+            if name.startswith(f"{stack}_")
+        )
+    )
+    unknown = [name for name in disabled if name not in services]
+    if unknown:
+        raise SettingsError(
+            f"DISABLED_SERVICES names {stack}_{unknown[0]}, which stack {stack} does not have. "
+            f"Valid: {', '.join(f'{stack}_{s}' for s in sorted(services))}."
+        )
     return StackPlan(
         name=stack,
         files=files,
@@ -208,6 +235,7 @@ def plan_stack(
         data_dirs=tuple(data_dirs.values()),
         ports=catalog.published_ports(stack),
         resolve_image=settings.get("RESOLVE_IMAGE") or "changed",
+        disabled=disabled,
     )
 
 

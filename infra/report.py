@@ -18,7 +18,9 @@ from infra.settings import Settings
 def format_plan(plan: Plan, settings: Settings) -> str:
     lines = []
     if plan.generate_secrets:
-        lines.append(f"secrets.yml   {settings.secrets_file} is missing: it will be generated (0600)")
+        lines.append(
+            f"secrets.yml   {settings.secrets_file} is missing: it will be generated (0600)"
+        )
     lines.append("networks      " + "  ".join(f"{n} (overlay, attachable)" for n in plan.networks))
     for stack in plan.stacks:
         lines.append(f"stack {stack.name}")
@@ -51,8 +53,14 @@ def access_info(settings: Settings, stacks: tuple[str, ...], values: dict[str, s
             env = ENVIRONMENTS[stack]
             user = values.get(f"{stack}_postgres_user") if values else "<user>"
             db = values.get(f"{stack}_postgres_db") if values else "<db>"
-            lines.append(f"{stack:<8} postgres postgresql://{user}@localhost:{env.postgres_port}/{db}")
-            redis = f"localhost:{env.redis_port}" if env.redis_port else f"tasks.{stack}_redis:6379 (inside the swarm only)"
+            lines.append(
+                f"{stack:<8} postgres postgresql://{user}@localhost:{env.postgres_port}/{db}"
+            )
+            redis = (
+                f"localhost:{env.redis_port}"
+                if env.redis_port
+                else f"tasks.{stack}_redis:6379 (inside the swarm only)"
+            )
             lines.append(f"         redis    {redis}")
             lines.append(f"         tunnel   https://{settings.domain(stack)}")
         elif stack == SHARED:
@@ -83,8 +91,15 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
                 f"{s.update_state or '-':<20} {s.image:<40} {', '.join(s.ports) or '-'}"
             )
             services.append(
-                {"name": s.name, "running": s.running, "desired": s.desired, "health": health,
-                 "update_state": s.update_state, "image": s.image, "ports": list(s.ports)}
+                {
+                    "name": s.name,
+                    "running": s.running,
+                    "desired": s.desired,
+                    "health": health,
+                    "update_state": s.update_state,
+                    "image": s.image,
+                    "ports": list(s.ports),
+                }
             )
             if verbose:
                 lines += [f"      task error: {e}" for e in s.errors]

@@ -54,7 +54,9 @@ def _schema() -> tuple[SecretKey, ...]:
     keys: list[SecretKey] = []
     for env in ENVIRONMENTS:
         keys += [
-            SecretKey(f"{env}_postgres_db", lambda s, v, e=env: _identifier(s, e), f"{env} database"),
+            SecretKey(
+                f"{env}_postgres_db", lambda s, v, e=env: _identifier(s, e), f"{env} database"
+            ),
             SecretKey(f"{env}_postgres_user", lambda s, v, e=env: _identifier(s, e), f"{env} role"),
             SecretKey(f"{env}_postgres_password", lambda s, v: _password(), f"{env} role password"),
             SecretKey(f"{env}_redis_password", lambda s, v: _password(), f"{env} Redis password"),
@@ -71,7 +73,9 @@ def _schema() -> tuple[SecretKey, ...]:
         SecretKey("traefik_dashboard_password", lambda s, v: _password(), "dashboard password"),
         SecretKey(
             "traefik_dashboard_htpasswd",
-            lambda s, v: _htpasswd_line(v["traefik_dashboard_user"], v["traefik_dashboard_password"]),
+            lambda s, v: _htpasswd_line(
+                v["traefik_dashboard_user"], v["traefik_dashboard_password"]
+            ),
             "dashboard htpasswd line (derived from the two above)",
         ),
     ]
@@ -106,7 +110,9 @@ def generate(settings: Settings) -> bool:
     except FileExistsError:
         return False
     except OSError as exc:
-        raise SecretsError(f"{path} cannot be created ({exc.strerror}). Check the directory.") from exc
+        raise SecretsError(
+            f"{path} cannot be created ({exc.strerror}). Check the directory."
+        ) from exc
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(header)
         yaml.safe_dump(values, handle, sort_keys=False, default_flow_style=False, width=1000)
@@ -119,6 +125,11 @@ def load(settings: Settings) -> dict[str, str]:
     fix = "Restore it from your backup, or move it away and run: invoke secrets.generate"
     if not path.exists():
         raise SecretsError(f"{path} does not exist. Create it with: invoke secrets.generate")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SecretsError(
+            f"{path} is readable by other users (mode {mode:o}). Run: chmod 600 {path}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -138,16 +149,10 @@ def load(settings: Settings) -> dict[str, str]:
     unknown = sorted(set(data) - set(SCHEMA_KEYS))
     if unknown:
         raise SecretsError(
-            f"{path} has unknown keys: {', '.join(map(str, unknown))}. Remove them or fix the names."
+            f"{path} has unknown keys: {', '.join(map(str, unknown))}. "
+            "Remove them or fix the names."
         )
     return {key: data[key] for key in SCHEMA_KEYS}
-
-
-def file_mode_problem(settings: Settings) -> str | None:
-    mode = settings.secrets_file.stat().st_mode & 0o777
-    if mode & 0o077:
-        return f"{settings.secrets_file} is readable by others (mode {mode:o}). Run: chmod 600 {settings.secrets_file}"
-    return None
 
 
 # --- Docker secrets --------------------------------------------------------------------------
@@ -165,7 +170,10 @@ def _env_value(key: str) -> Renderer:
 def _redis_exporter_passwords(values: Values, env: str) -> str:
     # redis_exporter reads REDIS_PASSWORD_FILE as a JSON map of target URI -> password.
     return json.dumps(
-        {f"redis://tasks.{name}_redis:6379": values[f"{name}_redis_password"] for name in ENVIRONMENTS}
+        {
+            f"redis://tasks.{name}_redis:6379": values[f"{name}_redis_password"]
+            for name in ENVIRONMENTS
+        }
     )
 
 
@@ -216,7 +224,10 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
 }
 
 # .env tokens handed to services as Docker secrets, by the key they take in `values`.
-ENV_FILE_TOKENS = {"cloudflare_tunnel_token": "CLOUDFLARE_TUNNEL_TOKEN", "runner_token": "RUNNER_TOKEN"}
+ENV_FILE_TOKENS = {
+    "cloudflare_tunnel_token": "CLOUDFLARE_TUNNEL_TOKEN",
+    "runner_token": "RUNNER_TOKEN",
+}
 
 
 def with_env_tokens(values: Values, settings: Settings) -> dict[str, str]:

@@ -39,6 +39,8 @@ DEFAULTS: dict[str, str | None] = {
     "SECRETS_FILE": None,  # <repo>/secrets/secrets.yml
     "SWARM_ADVERTISE_ADDR": None,  # let Docker choose
     "RESOLVE_IMAGE": "changed",  # docker stack deploy --resolve-image
+    "DOCKER_HOST": None,  # the swarm manager's engine; default: the local socket
+    "DISABLED_SERVICES": "",  # e.g. shared_n8n,shared_cadvisor: left out of every deploy
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -74,6 +76,14 @@ class Settings:
         return self.get("CLOUDFLARE_TUNNEL_TOKEN")
 
     @property
+    def docker_host(self) -> str:
+        return self.get("DOCKER_HOST")
+
+    @property
+    def disabled_services(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.get("DISABLED_SERVICES").split(",") if n.strip())
+
+    @property
     def runner_replicas(self) -> int:
         return int(self.values["RUNNER_REPLICAS"])
 
@@ -89,6 +99,8 @@ class Settings:
             "SHARED_DOMAIN": self.shared_domain,
             "GITHUB_OWNER": self.get("GITHUB_OWNER"),
             "RUNNER_REPLICAS": str(self.runner_replicas),
+            # The docker CLI reads it from its environment: the same engine as the SDK's.
+            **({"DOCKER_HOST": self.docker_host} if self.docker_host else {}),
         }
 
 
@@ -97,7 +109,9 @@ def read_env_file(path: Path) -> dict[str, str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SettingsError(f"{path} cannot be read ({exc.strerror}). Fix its permissions.") from exc
+        raise SettingsError(
+            f"{path} cannot be read ({exc.strerror}). Fix its permissions."
+        ) from exc
     values: dict[str, str] = {}
     for binding in parse_stream(io.StringIO(text)):
         if binding.error or (binding.key is not None and binding.value is None):
@@ -111,9 +125,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def load_settings(
-    root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     env_file = _absolute(root, environ.get("ENV_FILE") or ".env")
     from_file = read_env_file(env_file) if env_file.exists() else {}

@@ -11,7 +11,7 @@ from infra.tasks.common import HELP, operator_errors
 @operator_errors
 def logs(c, service="", follow=False, tail=100):
     """Print a service's logs (e.g. --service=dev_postgres)."""
-    client = engine.connect()
+    client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     names = sorted(s.name for s in client.services.list())
     if service not in names:

@@ -18,8 +18,10 @@ def generate(c, dry_run=False):
         print(f"secrets: {path} exists; left unchanged")
         return
     if dry_run:
-        print(f"would write {path} (0600) with {len(secrets.SCHEMA_KEYS)} keys: "
-              + ", ".join(secrets.SCHEMA_KEYS))
+        print(
+            f"would write {path} (0600) with {len(secrets.SCHEMA_KEYS)} keys: "
+            + ", ".join(secrets.SCHEMA_KEYS)
+        )
         return
     secrets.generate(config)
     print(f"secrets: wrote {path} (mode 0600, {len(secrets.SCHEMA_KEYS)} keys)")
@@ -40,7 +42,7 @@ def sync(c, dry_run=False):
             for obj in stack.secrets:
                 print(f"secret {obj.name}")
         return
-    client = engine.connect()
+    client = engine.connect(config.docker_host)
     engine.require_manager(client)
     created = deploy.sync_secrets(config, client, targets)
     for name in created:
@@ -52,7 +54,7 @@ def sync(c, dry_run=False):
 @operator_errors
 def list_(c):
     """List the platform's Docker secrets: name, stack, key, hash and which services use them."""
-    client = engine.connect()
+    client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     users: dict[str, list[str]] = {}
     for service in client.services.list():

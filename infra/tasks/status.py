@@ -13,7 +13,7 @@ from infra.tasks.common import HELP, operator_errors, settings
 def status(c, verbose=False, json_=False):
     """Show every stack's services: replicas, health, update state, image, ports."""
     config = settings()
-    client = engine.connect()
+    client = engine.connect(config.docker_host)
     engine.require_manager(client)
     text, rows = report.status_table(client, verbose=verbose)
     if json_:

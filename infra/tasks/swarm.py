@@ -13,9 +13,11 @@ def init(c, dry_run=False):
     config = settings()
     if dry_run:
         addr = config.get("SWARM_ADVERTISE_ADDR") or "chosen by Docker"
-        print(f"would run: docker swarm init (advertise address {addr}) if the engine is in no swarm")
+        print(
+            f"would run: docker swarm init (advertise address {addr}) if the engine is in no swarm"
+        )
         return
-    client = engine.connect()
+    client = engine.connect(config.docker_host)
     if engine.ensure_swarm(client, config.get("SWARM_ADVERTISE_ADDR")):
         print("swarm: initialised; this node is the manager")
     else:
@@ -26,7 +28,7 @@ def init(c, dry_run=False):
 @operator_errors
 def status(c):
     """Show the swarm's nodes: role, availability, state."""
-    client = engine.connect()
+    client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     print(f"{'NODE':<24} {'ROLE':<8} {'AVAILABILITY':<13} {'STATE':<8} ADDRESS")
     for node in client.nodes.list():

@@ -16,6 +16,7 @@ def environ(tmp_path: Path) -> dict[str, str]:
         "ENV_FILE": str(tmp_path / "env"),
         "DATA_ROOT": str(tmp_path / "data"),
         "SECRETS_FILE": str(tmp_path / "secrets" / "secrets.yml"),
+        "GITHUB_OWNER": "example-org",
     }
 
 

@@ -64,6 +64,7 @@ def test_generate_never_rewrites_an_existing_file(settings, generated):
 def test_malformed_secrets_file_is_one_clear_line(settings, content, expected):
     settings.secrets_file.parent.mkdir(parents=True)
     settings.secrets_file.write_text(content)
+    settings.secrets_file.chmod(0o600)
     with pytest.raises(SecretsError, match=expected) as error:
         secrets.load(settings)
     assert "\n" not in str(error.value)
@@ -85,7 +86,8 @@ def test_unknown_key_is_named_without_values(settings, generated):
 def test_redis_exporter_password_file_is_a_json_map_of_every_environment(generated):
     content = json.loads(secrets.render_secret("shared", "redis_exporter_passwords", generated))
     assert content == {
-        f"redis://tasks.{env}_redis:6379": generated[f"{env}_redis_password"] for env in ENVIRONMENTS
+        f"redis://tasks.{env}_redis:6379": generated[f"{env}_redis_password"]
+        for env in ENVIRONMENTS
     }
 
 
@@ -115,3 +117,9 @@ def test_empty_env_token_names_the_variable(generated):
     values = {**generated, "cloudflare_tunnel_token": ""}
     with pytest.raises(SecretsError, match="Set CLOUDFLARE_TUNNEL_TOKEN in .env"):
         secrets.render_secret("core", "cloudflare_tunnel_token", values)
+
+
+def test_secrets_file_readable_by_others_is_refused(settings, generated):
+    settings.secrets_file.chmod(0o644)
+    with pytest.raises(SecretsError, match="chmod 600"):
+        secrets.load(settings)

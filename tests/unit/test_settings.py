@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 
 from infra.errors import SettingsError
-from infra.settings import DEFAULT_IMAGES_FILE, REPO_ROOT, check_target, load_settings, read_env_file
+from infra.settings import (
+    DEFAULT_IMAGES_FILE,
+    REPO_ROOT,
+    check_target,
+    load_settings,
+    read_env_file,
+)
 
 
 def test_defaults_without_env_file(settings):
@@ -90,7 +96,8 @@ def test_images_file_can_be_replaced(tmp_path, environ):
 
 
 @pytest.mark.parametrize(
-    "content", ["TRAEFIK_IMAGE=traefik\n", "TRAEFIK_IMAGE=traefik:latest\n", "TRAEFIK=traefik:v3\n"],
+    "content",
+    ["TRAEFIK_IMAGE=traefik\n", "TRAEFIK_IMAGE=traefik:latest\n", "TRAEFIK=traefik:v3\n"],
     ids=["no-tag", "latest", "not-an-image-variable"],
 )
 def test_bad_images_file_is_refused(tmp_path, environ, content):

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import pytest
+
+from infra import plan as planning
+from infra.catalog import DATA_OWNERS, ENVIRONMENTS, STACKS
+from infra.errors import SettingsError
+from infra.secrets import generate_values, with_env_tokens
+
+ALL_STACKS = list(STACKS)
+
+
+@pytest.fixture
+def values(settings):
+    return with_env_tokens(
+        generate_values(settings),
+        settings,
+    ) | {"cloudflare_tunnel_token": "token-for-tests", "runner_token": "runner-for-tests"}
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_names_are_content_hashed_and_stable(settings, values, stack):
+    first = planning.plan_stack(stack, settings, values)
+    second = planning.plan_stack(stack, settings, values)
+    for obj in (*first.secrets, *first.configs):
+        assert obj.name == planning.versioned_name(stack, obj.key, obj.data)
+        assert obj.name.startswith(f"{stack}_{obj.key}-")
+    assert [o.name for o in first.secrets + first.configs] == [
+        o.name for o in second.secrets + second.configs
+    ]
+
+
+def test_a_changed_secret_value_renames_only_its_secrets(settings, values):
+    before = {o.key: o.name for o in planning.plan_stack("dev", settings, values).secrets}
+    changed = {**values, "dev_redis_password": "another-password-of-enough-length-000000"}
+    after = {o.key: o.name for o in planning.plan_stack("dev", settings, changed).secrets}
+    renamed = {key for key in before if before[key] != after[key]}
+    assert renamed == {"redis_password", "redis_auth_conf"}
+
+
+def test_environments_use_their_own_postgres_config(settings, values):
+    sources = {
+        env: {c.key: c.source for c in planning.plan_stack(env, settings, values).configs}
+        for env in ENVIRONMENTS
+    }
+    confs = {
+        env: [s for s in srcs.values() if s.endswith(".conf") and "postgres" in s]
+        for env, srcs in sources.items()
+    }
+    assert any(s.endswith("postgresql-prod.conf") for s in confs["prod"])
+    assert not any(s.endswith("postgresql-prod.conf") for s in confs["dev"] + confs["stg"])
+
+
+@pytest.mark.parametrize(
+    ("env", "overlays"),
+    [
+        ("dev", ["env.postgres-port.yml", "env.redis-port.yml"]),
+        ("stg", ["env.postgres-port.yml"]),
+        ("prod", ["env.postgres-port.yml", "env.redis-port.yml"]),
+    ],
+)
+def test_port_overlays_follow_the_environment_table(env, overlays):
+    assert [p.name for p in planning.stack_files(env)] == ["env.yml", *overlays]
+
+
+def test_core_without_tunnel_leaves_out_cloudflared():
+    assert [p.name for p in planning.stack_files("core", tunnel=False)] == ["core.yml"]
+    assert [p.name for p in planning.stack_files("core")] == ["core.yml", "core.tunnel.yml"]
+
+
+@pytest.mark.parametrize("stack", ALL_STACKS)
+def test_data_directories_have_the_owner_their_image_expects(settings, values, stack):
+    for directory in planning.plan_stack(stack, settings, values).data_dirs:
+        assert directory.path.is_relative_to(settings.data_root / stack)
+        service = directory.path.name
+        assert service in DATA_OWNERS, f"{service}: add its owner to catalog.DATA_OWNERS"
+        assert (directory.uid, directory.gid) == DATA_OWNERS[service]
+
+
+def test_without_secrets_file_secret_names_are_placeholders(settings):
+    stack = planning.plan_stack("dev", settings, None)
+    assert stack.secrets and all(o.name.endswith("-<new>") for o in stack.secrets)
+
+
+@pytest.mark.parametrize(
+    ("target", "order"),
+    [
+        ("core", ("core",)),
+        ("dev", ("core", "dev")),
+        ("runner", ("core", "runner")),
+        ("all", ("core", "shared", "dev", "stg", "prod")),
+    ],
+)
+def test_core_is_deployed_first(target, order):
+    assert planning.deploy_order(target) == order
+
+
+def test_interpolation_refuses_variables_infra_does_not_set():
+    with pytest.raises(SettingsError, match=r"\$\{NOPE\}"):
+        planning.interpolate("${NOPE}/x", {}, "env.yml")
+    assert planning.interpolate("${A:-d}/${B:?m}", {"B": "b"}, "x") == "d/b"
+
+
+def test_deploy_command_prunes_and_names_the_stack(settings, values):
+    stack = planning.plan_stack("stg", settings, values)
+    command = stack.deploy_command()
+    assert command[:4] == ["docker", "stack", "deploy", "--prune"]
+    assert command[-1] == "stg"
+    assert command.count("-c") == 2

@@ -1,0 +1,182 @@
+"""Render every stack for every environment with `docker stack config` and check the contract:
+images, ports, resources, policies and that no secret value leaks into what is deployed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from infra import engine
+from infra import plan as planning
+from infra.catalog import ENVIRONMENTS, STACKS
+from infra.secrets import DOCKER_SECRETS, generate_values
+
+# DESIGN.md's per-environment table, written out here on purpose: the catalog must match it.
+DESIGN_PORTS = {
+    "core": {80, 443, 8080},
+    "dev": {5432, 6379},
+    "stg": {5433},
+    "prod": {5434, 6381},
+    "shared": set(),
+    "runner": set(),
+}
+DESIGN_RESOURCES = {  # (cpu reservation, cpu limit, memory reservation, memory limit)
+    ("dev", "postgres"): ("0.10", "0.50", "256M", "512M"),
+    ("stg", "postgres"): ("0.10", "0.50", "256M", "512M"),
+    ("prod", "postgres"): ("0.20", "1.00", "512M", "1G"),
+    ("dev", "redis"): ("0.05", "0.20", "64M", "256M"),
+    ("stg", "redis"): ("0.05", "0.20", "64M", "256M"),
+    ("prod", "redis"): ("0.10", "0.50", "128M", "512M"),
+}
+GLOBAL_SERVICES = {"alloy", "cadvisor", "node-exporter"}
+MANAGER_ONLY = {"traefik", "runner"}
+# Images with no tool to run a health check with (scratch) or that carry their own.
+NO_HEALTHCHECK = {"redis-exporter", "runner", "cadvisor"}
+
+
+def _stack_config_works() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(
+        ["docker", "stack", "config", "--help"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _stack_config_works(), reason="needs the docker CLI with `docker stack config` (>= 23)"
+)
+
+
+@pytest.fixture
+def values(settings):
+    return {
+        **generate_values(settings),
+        "cloudflare_tunnel_token": "tunnel-token-value-for-tests-0000000000",
+        "runner_token": "runner-token-value-for-tests-00000000000",
+    }
+
+
+@pytest.fixture(params=list(STACKS))
+def rendered(request, settings, values):
+    stack = planning.plan_stack(request.param, settings, values)
+    return stack, engine.render_stack([str(p) for p in stack.files], stack.variables)
+
+
+def _memory(value) -> str:
+    units = {1024**3: "G", 1024**2: "M"}
+    if isinstance(value, int | float) or str(value).isdigit():
+        for size, unit in units.items():
+            if int(value) % size == 0:
+                return f"{int(value) // size}{unit}"
+    return str(value)
+
+
+def _cpus(value) -> str:
+    return f"{float(value):.2f}"
+
+
+def test_every_image_comes_pinned_from_the_image_file(rendered, settings):
+    stack, config = rendered
+    for name, service in config["services"].items():
+        assert service["image"] in settings.images.values(), f"{stack.name}_{name}"
+
+
+def test_published_ports_are_host_mode_and_match_design(rendered):
+    stack, config = rendered
+    published = set()
+    for name, service in config["services"].items():
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", f"{stack.name}_{name} publishes {port} via ingress"
+            published.add(int(port["published"]))
+    assert published == DESIGN_PORTS[stack.name]
+
+
+def test_stg_redis_publishes_nothing(settings, values):
+    stack = planning.plan_stack("stg", settings, values)
+    config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    assert "ports" not in config["services"]["redis"]
+
+
+@pytest.mark.parametrize(("env", "service"), list(DESIGN_RESOURCES), ids=lambda v: str(v))
+def test_environment_resources_match_design(settings, values, env, service):
+    stack = planning.plan_stack(env, settings, values)
+    config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    resources = config["services"][service]["deploy"]["resources"]
+    got = (
+        _cpus(resources["reservations"]["cpus"]),
+        _cpus(resources["limits"]["cpus"]),
+        _memory(resources["reservations"]["memory"]),
+        _memory(resources["limits"]["memory"]),
+    )
+    assert got == DESIGN_RESOURCES[(env, service)]
+
+
+def test_every_service_has_limits_reservations_and_policies(rendered):
+    stack, config = rendered
+    for name, service in config["services"].items():
+        where = f"{stack.name}_{name}"
+        deploy = service["deploy"]
+        assert deploy["resources"]["limits"].get("memory"), where
+        assert deploy["resources"]["limits"].get("cpus"), where
+        assert deploy["resources"]["reservations"].get("memory"), where
+        assert deploy["restart_policy"]["condition"], where
+        assert deploy["update_config"]["failure_action"] == "rollback", where
+        assert deploy["update_config"]["order"] in ("start-first", "stop-first"), where
+        assert "rollback_config" in deploy, where
+        assert service["logging"]["driver"] == "json-file", where
+        assert service["logging"]["options"]["max-size"], where
+
+
+def test_health_checks_wherever_the_image_allows(rendered):
+    stack, config = rendered
+    for name, service in config["services"].items():
+        if name in NO_HEALTHCHECK:
+            continue
+        assert service.get("healthcheck", {}).get("test"), (
+            f"{stack.name}_{name} has no health check"
+        )
+
+
+def test_collectors_are_global_and_traefik_runner_on_managers(rendered):
+    stack, config = rendered
+    for name, service in config["services"].items():
+        deploy = service["deploy"]
+        if name in GLOBAL_SERVICES:
+            assert deploy.get("mode") == "global", name
+        if name in MANAGER_ONLY:
+            assert "node.role == manager" in deploy["placement"]["constraints"], name
+
+
+def test_stateful_services_update_stop_first(settings, values):
+    for env in ENVIRONMENTS:
+        stack = planning.plan_stack(env, settings, values)
+        config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+        for name in ("postgres", "redis"):
+            assert config["services"][name]["deploy"]["update_config"]["order"] == "stop-first"
+
+
+def test_no_secret_value_in_rendered_stack_or_command(rendered, values):
+    stack, config = rendered
+    text = repr(config) + " ".join(stack.deploy_command()) + repr(dict(stack.variables))
+    for key, value in values.items():
+        if key.endswith(("_user", "_db")):  # names, not secrets
+            continue
+        assert value not in text, f"{key} leaks into stack {stack.name}"
+
+
+def test_services_get_secrets_as_files_not_environment(rendered, values):
+    stack, config = rendered
+    for name, service in config["services"].items():
+        environment = service.get("environment") or {}
+        for variable, value in environment.items():
+            assert str(value) not in values.values() or variable.endswith("_FILE"), (
+                f"{stack.name}_{name} {variable}"
+            )
+
+
+def test_every_declared_secret_has_a_renderer(rendered):
+    stack, config = rendered
+    assert set(config.get("secrets", {})) <= set(DOCKER_SECRETS[stack.name])

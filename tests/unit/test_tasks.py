@@ -1,0 +1,202 @@
+"""The command line as an operator meets it: `invoke ...` in a subprocess, no Docker daemon.
+
+Each bad input must end with exactly one line on stderr, exit code 1, and no change on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.settings import REPO_ROOT
+
+INVOKE = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT)]
+
+
+@pytest.fixture
+def operator_env(tmp_path, environ):
+    """An environment with no reachable daemon: a dry run must not need one."""
+    Path(environ["ENV_FILE"]).write_text("CLOUDFLARE_TUNNEL_TOKEN=tunnel-token-for-tests\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
+    return {**env, **environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+
+
+def run(args, env, cwd=None):
+    return subprocess.run(
+        [*INVOKE, *args], env=env, cwd=cwd or REPO_ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def nothing_changed(env):
+    return not Path(env["SECRETS_FILE"]).exists() and not Path(env["DATA_ROOT"]).exists()
+
+
+def test_list_shows_every_namespace(operator_env):
+    result = run(["--list"], operator_env)
+    assert result.returncode == 0, result.stderr
+    for name in [
+        "swarm.init",
+        "swarm.status",
+        "secrets.generate",
+        "secrets.sync",
+        "secrets.list",
+        "deploy.core",
+        "deploy.env",
+        "deploy.shared",
+        "deploy.runner",
+        "deploy.all",
+        "stop.core",
+        "stop.env",
+        "stop.shared",
+        "stop.runner",
+        "stop.all",
+        "status",
+        "logs",
+    ]:
+        assert name in result.stdout, name
+
+
+def test_dry_run_prints_the_plan_without_a_daemon(operator_env, tmp_path):
+    run(["secrets.generate"], operator_env)
+    result = run(["deploy.env", "--name=stg", "--dry-run"], operator_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "traefik-public" in out and "monitoring" in out
+    assert "stg_postgres_password-" in out and "<new>" not in out
+    assert "stg_postgres_conf-" in out and "configs/postgres/postgresql.conf" in out
+    assert f"{operator_env['DATA_ROOT']}/stg/postgres  owner 999:999" in out
+    assert "docker stack deploy --prune" in out and out.rstrip().endswith("stg")
+    assert not Path(operator_env["DATA_ROOT"]).exists()
+    values = yaml.safe_load(Path(operator_env["SECRETS_FILE"]).read_text())
+    for key, value in values.items():
+        if key.endswith(("password", "secret_key", "encryption_key", "htpasswd")):
+            assert value not in out + result.stderr, key
+
+
+def test_dry_run_before_secrets_exist_says_they_will_be_generated(operator_env):
+    result = run(["deploy.env", "--name=dev", "--dry-run"], operator_env)
+    assert result.returncode == 0, result.stderr
+    assert "will be generated" in result.stdout
+    assert nothing_changed(operator_env)
+
+
+def one_line_failure(result) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_unknown_environment(operator_env):
+    line = one_line_failure(run(["deploy.env", "--name=qa"], operator_env))
+    assert "'qa'" in line and "Valid: dev, stg, prod" in line
+    assert nothing_changed(operator_env)
+
+
+def test_core_without_tunnel_token(operator_env):
+    Path(operator_env["ENV_FILE"]).write_text("PROJECT_NAME=nextcandle\n")
+    line = one_line_failure(run(["deploy.core"], operator_env))
+    assert "CLOUDFLARE_TUNNEL_TOKEN" in line and "--no-tunnel" in line
+    assert nothing_changed(operator_env)
+
+
+def test_core_with_no_tunnel_needs_no_token(operator_env):
+    Path(operator_env["ENV_FILE"]).write_text("PROJECT_NAME=nextcandle\n")
+    result = run(["deploy.core", "--no-tunnel", "--dry-run"], operator_env)
+    assert result.returncode == 0, result.stderr
+    assert "core.tunnel.yml" not in result.stdout
+
+
+def test_malformed_env_line(operator_env):
+    Path(operator_env["ENV_FILE"]).write_text(
+        "PROJECT_NAME=ok\nCLOUDFLARE_TUNNEL_TOKEN eyJsecret\n"
+    )
+    line = one_line_failure(run(["deploy.env", "--name=dev"], operator_env))
+    assert "line 2" in line and "eyJsecret" not in line
+    assert nothing_changed(operator_env)
+
+
+def test_malformed_secrets_file(operator_env):
+    secrets_file = Path(operator_env["SECRETS_FILE"])
+    secrets_file.parent.mkdir(parents=True)
+    secrets_file.write_text("dev_postgres_password: [oops\n")
+    secrets_file.chmod(0o600)
+    line = one_line_failure(run(["deploy.env", "--name=dev"], operator_env))
+    assert "not valid YAML" in line
+    assert secrets_file.read_text() == "dev_postgres_password: [oops\n"
+    assert not Path(operator_env["DATA_ROOT"]).exists()
+
+
+def test_secrets_file_missing_a_key(operator_env):
+    assert run(["secrets.generate"], operator_env).returncode == 0
+    secrets_file = Path(operator_env["SECRETS_FILE"])
+    values = yaml.safe_load(secrets_file.read_text())
+    del values["prod_redis_password"]
+    secrets_file.write_text(yaml.safe_dump(values))
+    line = one_line_failure(run(["deploy.env", "--name=prod"], operator_env))
+    assert "prod_redis_password" in line
+    assert not Path(operator_env["DATA_ROOT"]).exists()
+
+
+def test_data_root_that_cannot_be_written(operator_env, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**operator_env, "DATA_ROOT": str(blocker / "data")}
+    line = one_line_failure(run(["deploy.env", "--name=dev"], env))
+    assert "DATA_ROOT" in line
+    assert not Path(env["SECRETS_FILE"]).exists()
+
+
+def test_deploy_without_daemon_is_one_line(operator_env):
+    line = one_line_failure(run(["deploy.env", "--name=dev"], operator_env))
+    assert "Docker is not reachable" in line
+    assert nothing_changed(operator_env)
+
+
+def test_secrets_generate_twice_keeps_the_file(operator_env):
+    assert run(["secrets.generate"], operator_env).returncode == 0
+    secrets_file = Path(operator_env["SECRETS_FILE"])
+    before = secrets_file.read_bytes()
+    result = run(["secrets.generate"], operator_env)
+    assert result.returncode == 0 and "left unchanged" in result.stdout
+    assert secrets_file.read_bytes() == before
+    assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [("start.sh", ["qa"]), ("stop.sh", ["qa"]), ("status.sh", ["--bogus"])],
+    ids=["start", "stop", "status"],
+)
+def test_scripts_refuse_unknown_arguments(operator_env, tmp_path, script, args):
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / script), *args],
+        env=operator_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_start_script_runs_the_deploy_task_from_any_directory(operator_env, tmp_path):
+    if not (REPO_ROOT / ".venv" / "bin" / "invoke").exists():
+        pytest.skip("scripts/ use <repo>/.venv, which this checkout has not created")
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "start.sh"), "stg", "--dry-run"],
+        env=operator_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plan for stg" in result.stdout
