@@ -4,7 +4,7 @@ from invoke import task
 
 from infra import engine
 from infra.errors import SettingsError
-from infra.tasks.common import HELP, operator_errors
+from infra.tasks.common import HELP, operator_errors, settings
 
 
 @task(help={"service": HELP["service"], "follow": HELP["follow"], "tail": HELP["tail"]})
