@@ -1,0 +1,226 @@
+"""Session fixtures: a fresh dind swarm, the platform deployed into it through `infra`.
+
+Options: --nodes=N (default 1) for a bigger swarm, --keep-up to leave it running for
+debugging. Without a Docker engine the suite skips, except under CI=true, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import docker
+import pytest
+import requests
+import testinfra
+import yaml
+from docker.errors import DockerException
+
+from infra import catalog, converge, deploy, secrets
+from infra.catalog import CORE_PORTS, ENVIRONMENTS
+from infra.settings import STACKS_DIR, Settings, load_settings
+from tests.acceptance.dind import DindSwarm
+from tests.acceptance.images import ImageChoice, choose_images
+
+DEPLOY_TIMEOUT = float(os.environ.get("ACCEPTANCE_DEPLOY_TIMEOUT", "600"))
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("acceptance")
+    group.addoption("--nodes", type=int, default=1, help="dind nodes in the swarm (default 1)")
+    group.addoption("--keep-up", action="store_true", help="leave the dind swarm running")
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the acceptance suite must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _image_variables_by_service() -> dict[str, str]:
+    """`<stack file>:<service>` -> the *_IMAGE variable its `image:` reads."""
+    found = {}
+    for path in STACKS_DIR.glob("*.yml"):
+        for service, spec in (yaml.safe_load(path.read_text()).get("services") or {}).items():
+            match = re.search(r"\$\{(\w+_IMAGE)", str(spec.get("image", "")))
+            if match:
+                found[f"{path.stem}:{service}"] = match.group(1)
+    return found
+
+
+def _stack_of(file_stem: str) -> list[str]:
+    if file_stem.startswith("env"):
+        return list(ENVIRONMENTS)
+    return [file_stem.split(".")[0]]
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    swarm: DindSwarm
+    images: dict[str, ImageChoice]
+    deployed: dict[str, float] = field(default_factory=dict)  # stack -> seconds to converge
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self.swarm.manager.client
+
+    def deploy(self, stack: str) -> None:
+        """Deploy a stack once per session through infra, as `invoke deploy.*` does."""
+        if stack in self.failures:
+            pytest.fail(f"deploying {stack} failed earlier:\n{self.failures[stack]}", pytrace=False)
+        if stack in self.deployed:
+            return
+        started = time.monotonic()
+        try:
+            deploy.apply(
+                self.settings,
+                stack,
+                tunnel=False,
+                timeout=DEPLOY_TIMEOUT,
+                report=lambda line: print(line, flush=True),
+                client=self.client,
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, then re-raised
+            self.failures[stack] = str(exc)
+            raise
+        self.deployed[stack] = time.monotonic() - started
+        print(f"acceptance: {stack} deployed and converged in {self.deployed[stack]:.0f} s")
+
+    def require(self, variable: str) -> str:
+        choice = self.images[variable]
+        if choice.ref is None:
+            pytest.skip(f"{variable}: {choice.reason}")
+        return choice.ref
+
+    def port(self, node_port: int) -> int:
+        """The 127.0.0.1 port that reaches `node_port` on the manager node."""
+        return self.swarm.manager.ports[node_port]
+
+    def secrets(self) -> dict[str, str]:
+        return secrets.load(self.settings)
+
+    def node(self, index: int = 0):
+        """A testinfra host for a swarm node (the dind container, via this machine's engine)."""
+        return testinfra.get_host(f"docker://{self.swarm.nodes[index].name}")
+
+    def web(self, host: str, path: str = "/", **kwargs) -> requests.Response:
+        """A request to Traefik's web entry point with a Host header, as the tunnel sends."""
+        url = f"http://127.0.0.1:{self.port(CORE_PORTS['web'])}{path}"
+        headers = {"Host": host, **kwargs.pop("headers", {})}
+        return requests.get(url, headers=headers, timeout=10, **kwargs)
+
+    def wait_for(self, check, timeout: float = 120, interval: float = 2, what: str = ""):
+        """Poll `check` until it returns a truthy value; fail with its last result or error."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                last = check()
+                if last:
+                    return last
+            except Exception as exc:  # noqa: BLE001 - polled until the deadline
+                last = exc
+            time.sleep(interval)
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}: {last!r}", pytrace=False)
+
+    def dump(self) -> str:
+        """Service and task states, and the last log lines of each unconverged service."""
+        lines = []
+        for stack in [*self.deployed, *self.failures]:
+            for state in converge.stack_states(self.client, stack):
+                lines.append(f"{state.name}: {state.summary()} image={state.image}")
+                lines += [f"  task error: {e}" for e in state.errors]
+                if not state.converged:
+                    tail = converge.service_log_tail(self.client, state.name)
+                    lines += [f"  log: {line}" for line in tail]
+        return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def platform(request, tmp_path_factory) -> Platform:
+    try:
+        outer = docker.from_env(timeout=300)
+        outer.ping()
+    except DockerException as exc:
+        _unavailable(f"no Docker engine reachable for the acceptance swarm ({exc})")
+    base = load_settings()
+    images = choose_images(outer, dict(base.images))
+    dind = images["DIND_IMAGE"]
+    if dind.ref is None:
+        _unavailable(f"DIND_IMAGE: {dind.reason}")
+
+    workdir = tmp_path_factory.mktemp("platform")
+    data_root = workdir / "data"
+    data_root.mkdir()
+    env_file = workdir / "env"
+    env_file.write_text("PROJECT_NAME=nextcandle\nDOMAIN_PROD=example.test\n")
+    node_ports = tuple(
+        sorted(
+            {
+                *CORE_PORTS.values(),
+                *(port for env in ENVIRONMENTS.values() for port in env.published_ports().values()),
+            }
+        )
+    )
+    swarm = DindSwarm(
+        image=dind.ref,
+        node_count=request.config.getoption("--nodes"),
+        data_root=data_root,
+        node_ports=node_ports,
+        outer=outer,
+    )
+    try:
+        swarm.start()
+        refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
+        swarm.load_images(refs)
+        disabled = sorted(
+            f"{stack}_{key.split(':')[1]}"
+            for key, variable in _image_variables_by_service().items()
+            if images[variable].ref is None
+            for stack in _stack_of(key.split(":")[0])
+        )
+        environ = {
+            "PATH": os.environ.get("PATH", ""),
+            "ENV_FILE": str(env_file),
+            "DATA_ROOT": str(data_root),
+            "SECRETS_FILE": str(workdir / "secrets.yml"),
+            "DOCKER_HOST": swarm.manager.engine_url,
+            "RESOLVE_IMAGE": "never",
+            "DISABLED_SERVICES": ",".join(disabled),
+            **{v: c.ref for v, c in images.items() if c.ref},
+        }
+        settings = load_settings(environ=environ)
+        print(
+            f"acceptance: swarm of {len(swarm.nodes)} node(s), manager {swarm.manager.engine_url}"
+        )
+        for choice in images.values():
+            where = choice.ref or choice.reason
+            print(f"acceptance: {choice.variable:<22} {choice.source:<9} {where}")
+        yield Platform(settings=settings, swarm=swarm, images=images)
+    finally:
+        if request.config.getoption("--keep-up"):
+            print(f"acceptance: kept up; DOCKER_HOST={swarm.manager.engine_url}")
+        else:
+            swarm.remove()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and "platform" in item.fixturenames:
+        platform = item.funcargs.get("platform")
+        if platform is not None:
+            try:
+                report.sections.append(("swarm state", platform.dump()))
+            except Exception as exc:  # noqa: BLE001 - the dump must never hide the failure
+                report.sections.append(("swarm state", f"could not read it: {exc}"))
+
+
+def expected_ports() -> set[int]:
+    """Every port of the port table: what the whole platform publishes on its manager."""
+    return {port for stack in catalog.STACKS for port in catalog.published_ports(stack).values()}

@@ -1,0 +1,164 @@
+"""A fresh swarm of Docker-in-Docker nodes for the acceptance suite.
+
+Nodes run the dind image (upstream docker:dind where present, else the stand-in) without
+--privileged, which these machines refuse: every capability but SYS_RESOURCE is added
+explicitly, as ../shared/CI-MACHINE.md verified. The manager's engine is reached through a
+port published on 127.0.0.1, and so is every port of the platform's port table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+
+LABEL = "org.nextcandle.acceptance"
+ENGINE_PORT = 2375
+
+# Every Linux capability except SYS_RESOURCE, which this machine's runtime cannot grant.
+CAPABILITIES = [
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "CHOWN", "DAC_OVERRIDE",
+    "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
+    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE",
+    "NET_BROADCAST", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN",
+    "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO",
+    "SYS_TIME", "SYS_TTY_CONFIG", "WAKE_ALARM",
+]  # fmt: skip
+
+
+@dataclass
+class Node:
+    name: str
+    container: object
+    engine_url: str
+    client: docker.DockerClient
+    ports: dict[int, int] = field(default_factory=dict)  # port on the node -> port on 127.0.0.1
+    address: str = ""
+
+
+@dataclass
+class DindSwarm:
+    """Start with `start()`, always `remove()` (unless keeping it up for debugging)."""
+
+    image: str
+    node_count: int
+    data_root: Path
+    node_ports: tuple[int, ...]
+    outer: docker.DockerClient = field(default_factory=docker.from_env)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def manager(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def network_name(self) -> str:
+        return f"nc-acceptance-{self.run_id}"
+
+    def start(self, timeout: float = 120) -> None:
+        self.outer.networks.create(self.network_name, driver="bridge", labels={LABEL: self.run_id})
+        for index in range(self.node_count):
+            self.nodes.append(self._start_node(index, publish=index == 0))
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            self._wait_engine(node, deadline)
+        self._form_swarm()
+
+    def _start_node(self, index: int, publish: bool) -> Node:
+        name = f"nc-node{index}-{self.run_id}"
+        ports = {f"{ENGINE_PORT}/tcp": ("127.0.0.1", None)}
+        if publish:
+            ports |= {f"{port}/tcp": ("127.0.0.1", None) for port in self.node_ports}
+        container = self.outer.containers.run(
+            self.image,
+            name=name,
+            hostname=name,
+            detach=True,
+            cap_add=CAPABILITIES,
+            security_opt=["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
+            volumes={
+                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"},
+                str(self.data_root): {"bind": str(self.data_root), "mode": "rw"},
+            },
+            ports=ports,
+            network=self.network_name,
+            labels={LABEL: self.run_id},
+        )
+        container.reload()
+        bindings = container.attrs["NetworkSettings"]["Ports"]
+        published = {
+            int(spec.split("/")[0]): int(binding[0]["HostPort"])
+            for spec, binding in bindings.items()
+            if binding
+        }
+        url = f"tcp://127.0.0.1:{published[ENGINE_PORT]}"
+        address = container.attrs["NetworkSettings"]["Networks"][self.network_name]["IPAddress"]
+        return Node(
+            name=name,
+            container=container,
+            engine_url=url,
+            client=docker.DockerClient(base_url=url, timeout=300),
+            ports=published,
+            address=address,
+        )
+
+    def _wait_engine(self, node: Node, deadline: float) -> None:
+        while True:
+            try:
+                node.client.ping()
+                return
+            except (DockerException, OSError) as exc:
+                node.container.reload()
+                if node.container.status != "running" or time.monotonic() > deadline:
+                    logs = node.container.logs(tail=20).decode(errors="replace")
+                    raise RuntimeError(
+                        f"dind node {node.name} did not start its engine ({exc}):\n{logs}"
+                    ) from None
+            time.sleep(0.5)
+
+    def _form_swarm(self) -> None:
+        manager = self.manager
+        manager.client.swarm.init(advertise_addr=manager.address, listen_addr="0.0.0.0:2377")
+        if len(self.nodes) > 1:
+            tokens = manager.client.swarm.attrs["JoinTokens"]
+            for worker in self.nodes[1:]:
+                worker.client.swarm.join(
+                    remote_addrs=[f"{manager.address}:2377"],
+                    join_token=tokens["Worker"],
+                    advertise_addr=worker.address,
+                )
+
+    def load_images(self, refs: list[str]) -> None:
+        """Copy images from this machine's engine into every node (`docker save | load`)."""
+        for node in self.nodes:
+            save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
+            load = subprocess.run(
+                ["docker", "-H", node.engine_url, "load", "-q"],
+                stdin=save.stdout,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            save.wait()
+            if save.returncode or load.returncode:
+                raise RuntimeError(f"loading images into {node.name} failed: {load.stderr}")
+
+    def remove(self) -> None:
+        for container in self.outer.containers.list(
+            all=True, filters={"label": f"{LABEL}={self.run_id}"}
+        ):
+            with contextlib.suppress(NotFound):
+                container.remove(force=True, v=True)
+        for node in self.nodes:
+            with contextlib.suppress(NotFound, APIError):
+                self.outer.volumes.get(f"{node.name}-docker").remove(force=True)
+        for network in self.outer.networks.list(names=[self.network_name]):
+            network.remove()
