@@ -180,3 +180,10 @@ def test_services_get_secrets_as_files_not_environment(rendered, values):
 def test_every_declared_secret_has_a_renderer(rendered):
     stack, config = rendered
     assert set(config.get("secrets", {})) <= set(DOCKER_SECRETS[stack.name])
+
+
+def test_every_container_is_labelled_with_its_image_for_the_log_collector(rendered):
+    stack, config = rendered
+    for name, service in config["services"].items():
+        labels = service.get("labels") or {}
+        assert labels.get("com.nextcandle.image") == service["image"], f"{stack.name}_{name}"
