@@ -85,7 +85,14 @@ def service_state(service) -> ServiceState:
     status = attrs.get("ServiceStatus") or {}
     tasks = service.tasks()
     wanted = [t for t in tasks if t.get("DesiredState") == "running"]
-    running = [t for t in wanted if t["Status"]["State"] == "running"]
+    # A task counts once it runs the service's current spec: right after an update, the old
+    # tasks still run before Swarm reports the update as started.
+    template = _comparable(spec["TaskTemplate"])
+    running = [
+        t
+        for t in wanted
+        if t["Status"]["State"] == "running" and _comparable(t.get("Spec", {})) == template
+    ]
     if mode == "replicated":
         desired = spec["Mode"]["Replicated"].get("Replicas", 1)
     elif mode == "replicated-job":
@@ -110,6 +117,11 @@ def service_state(service) -> ServiceState:
         image=image,
         ports=_ports(attrs),
     )
+
+
+def _comparable(task_spec: dict) -> dict:
+    # Swarm fills Runtime in the service spec but not in the tasks made from it.
+    return {key: value for key, value in task_spec.items() if key != "Runtime"}
 
 
 def _recent_errors(tasks: list[dict], limit: int = 3) -> tuple[str, ...]:

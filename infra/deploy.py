@@ -8,6 +8,8 @@ converges, report. Everything that can be wrong is checked in `prepare`, before 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -21,7 +23,15 @@ import yaml
 from infra import converge, engine, secrets
 from infra.catalog import CORE, RUNNER
 from infra.errors import SecretsError, SettingsError
-from infra.plan import DataDir, Plan, StackPlan, deploy_order, plan_deploy
+from infra.plan import (
+    HASH_LENGTH,
+    LABEL_SPEC_HASH,
+    DataDir,
+    Plan,
+    StackPlan,
+    deploy_order,
+    plan_deploy,
+)
 from infra.settings import Settings
 
 Report = Callable[[str], None]
@@ -167,21 +177,65 @@ def deploy_stack(
     timeout: float,
     report: Report,
     result: DeployResult,
-) -> None:
-    report(f"stack {stack.name}: deploying")
-    stdin = None
-    if stack.disabled:
-        rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
-        for name in stack.disabled:
-            rendered["services"].pop(name, None)
-            report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")
-        stdin = yaml.safe_dump(rendered, sort_keys=False)
-    engine.docker_cli(stack.deploy_command(), stack.variables, stdin=stdin)
+) -> list[str]:
+    """Deploy only the services whose rendered definition changed (DESIGN decision 3).
+
+    The stack is rendered by `docker stack config`; each service is labelled with a hash of
+    its rendered definition. Services whose live label already carries that hash are left
+    out of the `docker stack deploy`, so a redeploy with nothing changed updates nothing.
+    Returns the names of the services created or updated.
+    """
+    rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    for name in stack.disabled:
+        rendered["services"].pop(name, None)
+        report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")
+    live = {
+        service.name: (service.attrs["Spec"].get("Labels") or {}).get(LABEL_SPEC_HASH)
+        for service in engine.stack_services(client, stack.name)
+    }
+    changed = {}
+    for name, service in rendered["services"].items():
+        digest = spec_hash(service, rendered)
+        labels = service.setdefault("deploy", {}).setdefault("labels", {})
+        labels[LABEL_SPEC_HASH] = digest
+        if live.get(f"{stack.name}_{name}") != digest:
+            changed[name] = service
+    removed = sorted(set(live) - {f"{stack.name}_{name}" for name in rendered["services"]})
+    if changed:
+        report(f"stack {stack.name}: deploying {', '.join(sorted(changed))}")
+        engine.docker_cli(
+            stack.deploy_command(),
+            stack.variables,
+            stdin=yaml.safe_dump({**rendered, "services": changed}, sort_keys=False),
+        )
+    for name in removed:  # what --prune would do, for services dropped from the stack
+        client.services.get(name).remove()
+        report(f"stack {stack.name}: removed {name} (no longer in the stack)")
+    if not changed and not removed:
+        report(f"{stack.name}: up to date, 0 services changed")
     if wait:
         result.stacks[stack.name] = converge.wait_converged(
             client, stack.name, timeout=timeout, progress=report
         )
-        report(f"stack {stack.name}: converged")
+        if changed or removed:
+            report(f"stack {stack.name}: converged, {len(changed) + len(removed)} services changed")
+    return [f"{stack.name}_{name}" for name in changed] + removed
+
+
+def spec_hash(service: dict, rendered: dict) -> str:
+    """A hash of a rendered service and the names of the configs and secrets it mounts
+    (those names carry their content hash, so a changed file changes the service's hash)."""
+    mounted = {
+        kind: sorted(
+            rendered.get(kind, {})
+            .get(ref["source"] if isinstance(ref, dict) else ref, {})
+            .get("name", "")
+            for ref in service.get(kind) or []
+        )
+        for kind in ("configs", "secrets")
+    }
+    text = json.dumps({"service": service, "mounted": mounted}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
 
 
 def sync_secrets(

@@ -22,6 +22,7 @@ HASH_LENGTH = 12
 LABEL_STACK = "org.nextcandle.stack"
 LABEL_KEY = "org.nextcandle.key"
 LABEL_HASH = "org.nextcandle.content-hash"
+LABEL_SPEC_HASH = "org.nextcandle.spec-hash"  # on services: hash of the rendered definition
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 
@@ -78,13 +79,12 @@ class StackPlan:
     disabled: tuple[str, ...] = ()  # services of the stack files left out (DISABLED_SERVICES)
 
     def deploy_command(self) -> list[str]:
-        """With disabled services, the stack is rendered, filtered and read from stdin."""
-        command = ["docker", "stack", "deploy", "--prune", f"--resolve-image={self.resolve_image}"]
-        if self.disabled:
-            return [*command, "-c", "-", self.name]
-        for path in self.files:
-            command += ["-c", str(path)]
-        return [*command, self.name]
+        """The stack is rendered by config_command() and read from stdin: only its changed
+        services, each labelled with the hash of its definition."""
+        return [
+            "docker", "stack", "deploy", f"--resolve-image={self.resolve_image}",
+            "-c", "-", self.name,
+        ]  # fmt: skip
 
     def config_command(self) -> list[str]:
         command = ["docker", "stack", "config"]

@@ -33,8 +33,9 @@ def _stack_lines(stack: StackPlan, root: Path) -> list[str]:
     lines += [f"  secret      {s.name}" for s in stack.secrets]
     lines += [f"  config      {c.name}  <- {c.source}" for c in stack.configs]
     lines += [f"  port        {port} ({name}, host mode)" for name, port in stack.ports.items()]
-    command = shlex.join(stack.deploy_command()).replace(f"{root}/", "")
-    lines.append(f"  command     {command}")
+    render = shlex.join(stack.config_command()).replace(f"{root}/", "")
+    deploy = shlex.join(stack.deploy_command())
+    lines.append(f"  command     {render} | (changed services only) {deploy}")
     return lines
 
 

@@ -101,9 +101,13 @@ def test_interpolation_refuses_variables_infra_does_not_set():
     assert planning.interpolate("${A:-d}/${B:?m}", {"B": "b"}, "x") == "d/b"
 
 
-def test_deploy_command_prunes_and_names_the_stack(settings, values):
+def test_stack_is_rendered_from_its_files_and_deployed_from_stdin(settings, values):
     stack = planning.plan_stack("stg", settings, values)
-    command = stack.deploy_command()
-    assert command[:4] == ["docker", "stack", "deploy", "--prune"]
-    assert command[-1] == "stg"
-    assert command.count("-c") == 2
+    render = stack.config_command()
+    assert render[:3] == ["docker", "stack", "config"]
+    assert [render[i + 1] for i, part in enumerate(render) if part == "-c"] == [
+        str(p) for p in stack.files
+    ]
+    deploy = stack.deploy_command()
+    assert deploy[:3] == ["docker", "stack", "deploy"]
+    assert deploy[-3:] == ["-c", "-", "stg"]

@@ -70,7 +70,8 @@ def test_dry_run_prints_the_plan_without_a_daemon(operator_env, tmp_path):
     assert "stg_postgres_password-" in out and "<new>" not in out
     assert "stg_postgres_conf-" in out and "configs/postgres/postgresql.conf" in out
     assert f"{operator_env['DATA_ROOT']}/stg/postgres  owner 999:999" in out
-    assert "docker stack deploy --prune" in out and out.rstrip().endswith("stg")
+    assert "docker stack config -c stacks/env.yml -c stacks/env.postgres-port.yml" in out
+    assert out.rstrip().endswith("docker stack deploy --resolve-image=changed -c - stg")
     assert not Path(operator_env["DATA_ROOT"]).exists()
     values = yaml.safe_load(Path(operator_env["SECRETS_FILE"]).read_text())
     for key, value in values.items():

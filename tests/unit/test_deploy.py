@@ -1,0 +1,42 @@
+"""The parts of a deploy that need no engine: the per-service hash that makes redeploys no-ops."""
+
+from __future__ import annotations
+
+import copy
+
+from infra.deploy import spec_hash
+
+RENDERED = {
+    "services": {
+        "prometheus": {"image": "prom/prometheus:v3", "configs": [{"source": "prometheus"}]},
+        "loki": {"image": "grafana/loki:3", "configs": [{"source": "loki"}]},
+    },
+    "configs": {
+        "prometheus": {"name": "shared_prometheus-aaaa"},
+        "loki": {"name": "shared_loki-bbbb"},
+    },
+}
+
+
+def test_spec_hash_is_stable():
+    service = RENDERED["services"]["prometheus"]
+    assert spec_hash(service, RENDERED) == spec_hash(
+        copy.deepcopy(service), copy.deepcopy(RENDERED)
+    )
+
+
+def test_a_changed_config_changes_only_the_services_that_mount_it():
+    changed = copy.deepcopy(RENDERED)
+    changed["configs"]["prometheus"]["name"] = "shared_prometheus-cccc"
+    before = {name: spec_hash(s, RENDERED) for name, s in RENDERED["services"].items()}
+    after = {name: spec_hash(s, changed) for name, s in changed["services"].items()}
+    assert before["prometheus"] != after["prometheus"]
+    assert before["loki"] == after["loki"]
+
+
+def test_a_changed_definition_changes_the_hash():
+    changed = copy.deepcopy(RENDERED)
+    changed["services"]["loki"]["image"] = "grafana/loki:4"
+    assert spec_hash(changed["services"]["loki"], changed) != spec_hash(
+        RENDERED["services"]["loki"], RENDERED
+    )
