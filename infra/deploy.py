@@ -282,7 +282,8 @@ def stop(
             engine.docker_cli(["docker", "stack", "rm", stack])
             converge.wait_removed(client, stack, timeout=timeout)
             removed.append(stack)
-            report(f"stack {stack}: removed (data in {settings.data_root / stack} kept)")
+            data = settings.data_root / stack
+            report(f"stack {stack}: removed" + (f" (data in {data} kept)" if data.is_dir() else ""))
         else:
             report(f"stack {stack}: not deployed")
         if cleanup:
