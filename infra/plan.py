@@ -174,11 +174,9 @@ def plan_stack(
     secrets: dict[str, DockerObject] = {}
     configs: dict[str, DockerObject] = {}
     data_dirs: dict[Path, DataDir] = {}
-    services: set[str] = set()
 
     for path in files:
         document = _read_stack_file(path)
-        services |= set(document.get("services") or {})
         for key, spec in (document.get("configs") or {}).items():
             source = Path(
                 interpolate(str(spec.get("file", "")), variables, f"{path.name} config {key}")
@@ -220,11 +218,16 @@ def plan_stack(
             if name.startswith(f"{stack}_")
         )
     )
-    unknown = [name for name in disabled if name not in services]
+    known = {
+        name
+        for path in stack_files(stack, tunnel=True)
+        for name in _read_stack_file(path).get("services") or {}
+    }
+    unknown = [name for name in disabled if name not in known]
     if unknown:
         raise SettingsError(
             f"DISABLED_SERVICES names {stack}_{unknown[0]}, which stack {stack} does not have. "
-            f"Valid: {', '.join(f'{stack}_{s}' for s in sorted(services))}."
+            f"Valid: {', '.join(f'{stack}_{s}' for s in sorted(known))}."
         )
     return StackPlan(
         name=stack,

@@ -18,19 +18,10 @@ from pathlib import Path
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
+from tests.images import dind
+
 LABEL = "org.nextcandle.acceptance"
 ENGINE_PORT = 2375
-
-# Every Linux capability except SYS_RESOURCE, which this machine's runtime cannot grant.
-CAPABILITIES = [
-    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "CHOWN", "DAC_OVERRIDE",
-    "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
-    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE",
-    "NET_BROADCAST", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN",
-    "SYS_BOOT", "SYS_CHROOT", "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO",
-    "SYS_TIME", "SYS_TTY_CONFIG", "WAKE_ALARM",
-]  # fmt: skip
-
 
 @dataclass
 class Node:
@@ -73,25 +64,21 @@ class DindSwarm:
 
     def _start_node(self, index: int, publish: bool) -> Node:
         name = f"nc-node{index}-{self.run_id}"
-        ports = {f"{ENGINE_PORT}/tcp": ("127.0.0.1", None)}
+        ports = {ENGINE_PORT: ("127.0.0.1", None)}
         if publish:
-            ports |= {f"{port}/tcp": ("127.0.0.1", None) for port in self.node_ports}
-        container = self.outer.containers.run(
+            ports |= {port: ("127.0.0.1", None) for port in self.node_ports}
+        container = dind.create(
+            self.outer,
             self.image,
+            f"{name}-docker",
+            ports=ports,
+            binds=[f"{self.data_root}:{self.data_root}:rw"],
             name=name,
             hostname=name,
-            detach=True,
-            cap_add=CAPABILITIES,
-            security_opt=["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
-            volumes={
-                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"},
-                str(self.data_root): {"bind": str(self.data_root), "mode": "rw"},
-            },
-            ports=ports,
-            network=self.network_name,
             labels={LABEL: self.run_id},
         )
+        self.outer.networks.get(self.network_name).connect(container)
+        container.start()
         container.reload()
         bindings = container.attrs["NetworkSettings"]["Ports"]
         published = {
@@ -105,7 +92,8 @@ class DindSwarm:
             name=name,
             container=container,
             engine_url=url,
-            client=docker.DockerClient(base_url=url, timeout=300),
+            # A fixed API version: "auto" would query the engine before it has started.
+            client=docker.DockerClient(base_url=url, version="1.41", timeout=300),
             ports=published,
             address=address,
         )
