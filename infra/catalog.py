@@ -140,7 +140,7 @@ DATA_OWNERS: dict[str, tuple[int, int]] = {
     "prometheus": (65534, 65534),
     "loki": (10001, 10001),
     "n8n": (1000, 1000),
-    "seaweedfs": (0, 0),
+    "seaweedfs": (1000, 1000),  # the upstream image runs as user seaweed
     "alloy": (0, 0),
 }
 

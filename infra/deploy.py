@@ -206,7 +206,9 @@ def deploy_stack(
         engine.docker_cli(
             stack.deploy_command(),
             stack.variables,
-            stdin=yaml.safe_dump({**rendered, "services": changed}, sort_keys=False),
+            stdin=yaml.safe_dump(
+                _escape_dollars({**rendered, "services": changed}), sort_keys=False
+            ),
         )
     for name in removed:  # what --prune would do, for services dropped from the stack
         client.services.get(name).remove()
@@ -220,6 +222,18 @@ def deploy_stack(
         if changed or removed:
             report(f"stack {stack.name}: converged, {len(changed) + len(removed)} services changed")
     return [f"{stack.name}_{name}" for name in changed] + removed
+
+
+def _escape_dollars(value):
+    """A rendered stack has its variables resolved and `$$` turned into `$`; `docker stack
+    deploy` interpolates what it reads again, so every `$` left must be written `$$`."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {key: _escape_dollars(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escape_dollars(item) for item in value]
+    return value
 
 
 def spec_hash(service: dict, rendered: dict) -> str:

@@ -11,12 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import docker
-import yaml
 from docker.errors import ImageNotFound
-
-from infra.settings import REPO_ROOT
-
-STANDIN_MAP = REPO_ROOT / "tests" / "images" / "standins.yml"
 
 
 @dataclass(frozen=True)
@@ -44,14 +39,10 @@ def _present(client: docker.DockerClient, ref: str) -> bool:
 def _standins() -> tuple[dict[str, str], dict[str, str]]:
     """(variable -> stand-in ref built here, variable -> why none can be built)."""
     try:
-        from tests.images.build import image_overrides
+        from tests.images.build import image_overrides, standins
     except ImportError as exc:
         return {}, {"*": f"the stand-in builder cannot be imported ({exc})"}
-    reasons = {}
-    if STANDIN_MAP.exists():
-        for variable, entry in (yaml.safe_load(STANDIN_MAP.read_text()) or {}).items():
-            if isinstance(entry, dict) and entry.get("none"):
-                reasons[variable] = str(entry["none"])
+    reasons = {s.variable: f"no stand-in can be built: {s.none}" for s in standins() if s.none}
     return image_overrides(), reasons
 
 

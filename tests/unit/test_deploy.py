@@ -40,3 +40,11 @@ def test_a_changed_definition_changes_the_hash():
     assert spec_hash(changed["services"]["loki"], changed) != spec_hash(
         RENDERED["services"]["loki"], RENDERED
     )
+
+
+def test_dollars_of_a_rendered_stack_are_escaped_for_redeploy():
+    from infra.deploy import _escape_dollars
+
+    rendered = {"services": {"db": {"healthcheck": {"test": ["CMD-SHELL", 'x "$(cat f)"']}}}}
+    escaped = _escape_dollars(rendered)
+    assert escaped["services"]["db"]["healthcheck"]["test"][1] == 'x "$$(cat f)"'

@@ -1,0 +1,762 @@
+"""Contract tests: each stand-in honours the part of its upstream image's contract that our
+stacks rely on (tests/images/README.md, /work/shared/reference/upstream-images.md).
+
+Run against the local Docker engine after `python -m tests.images.build`. A stand-in that is not
+built skips (fails when CI=true). Ports are published on 127.0.0.1 only, on free ports."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+from . import dind
+from .conftest import (
+    LABELS,
+    REPO,
+    exec_ok,
+    host_port,
+    loopback,
+    process_uid,
+    put_files,
+    repo_file,
+    unavailable,
+    wait_for,
+)
+
+
+def http_status(url: str, method: str = "GET", timeout: float = 5) -> int:
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(url, method=method)  # noqa: S310 (loopback http only)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def secret(value: str) -> tuple[bytes, int]:
+    """A file as Swarm mounts a secret: world-readable, no trailing newline."""
+    return value.encode(), 0o444
+
+
+# ---------------------------------------------------------------------------------------------
+# postgres (pgvector/pgvector:pg17 contract = postgres:17's)
+
+PG_USER, PG_DB = "app", "appdb"
+PG_PASSWORD = secrets.token_urlsafe(18)
+
+
+@pytest.fixture(scope="module")
+def postgres(standin, containers):
+    """One server, initialised from *_FILE secrets and two initdb scripts, with a data volume."""
+    psycopg = pytest.importorskip(
+        "psycopg", reason="psycopg 3 is needed: pip install 'psycopg[binary]'"
+    )
+    files = {
+        "/run/secrets/postgres_user": secret(PG_USER),
+        "/run/secrets/postgres_db": secret(PG_DB),
+        "/run/secrets/postgres_password": secret(PG_PASSWORD),
+        "/docker-entrypoint-initdb.d/10-table.sql": (
+            b"CREATE TABLE initdb_runs (script text, ran_at timestamptz DEFAULT now());\n"
+            b"INSERT INTO initdb_runs (script) VALUES ('sql');\n",
+            0o644,
+        ),
+        # Not executable: sourced, so it can use the entrypoint's docker_process_sql.
+        "/docker-entrypoint-initdb.d/20-mark.sh": (
+            b"docker_process_sql <<'EOSQL'\n"
+            b"INSERT INTO initdb_runs (script) VALUES ('sh');\n"
+            b"EOSQL\n",
+            0o644,
+        ),
+    }
+    container = containers.run(
+        standin("postgres"),
+        command=["postgres", "-c", "max_connections=42"],
+        environment={
+            "POSTGRES_USER_FILE": "/run/secrets/postgres_user",
+            "POSTGRES_DB_FILE": "/run/secrets/postgres_db",
+            "POSTGRES_PASSWORD_FILE": "/run/secrets/postgres_password",
+        },
+        volumes={containers.volume("pgdata"): {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+        ports=loopback("5432/tcp"),
+        files=files,
+        detach=True,
+    )
+
+    def connect(password: str = PG_PASSWORD):
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=host_port(container, "5432/tcp"),
+            user=PG_USER,
+            password=password,
+            dbname=PG_DB,
+            connect_timeout=5,
+            autocommit=True,
+        )
+
+    wait_for(
+        lambda: connect().close() or True,
+        timeout=90,
+        what="postgres to accept TCP logins",
+        container=container,
+    )
+    return container, connect
+
+
+def test_postgres_accepts_scram_login_with_password_file(postgres):
+    _, connect = postgres
+    with connect() as connection:
+        user = connection.execute("SELECT current_user, current_database()").fetchone()
+        host_rule = connection.execute(
+            "SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' AND address = 'all'"
+        ).fetchall()
+        stored = connection.execute(
+            "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = current_user"
+        ).fetchone()
+    assert user == (PG_USER, PG_DB)
+    assert host_rule == [("scram-sha-256",)]
+    assert stored == (True,)
+
+
+def test_postgres_refuses_wrong_password(postgres):
+    import psycopg
+
+    _, connect = postgres
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(password=PG_PASSWORD + "-wrong")
+
+
+def test_postgres_runs_pgvector_nearest_neighbour(postgres):
+    _, connect = postgres
+    with connect() as connection:
+        connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        connection.execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))")
+        connection.execute(
+            "INSERT INTO items VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0,0,1]')"
+        )
+        nearest = connection.execute(
+            "SELECT id FROM items ORDER BY embedding <-> '[0.1,0.9,0.1]' LIMIT 1"
+        ).fetchone()
+    assert nearest == (2,)
+
+
+def test_postgres_passes_arguments_to_the_server(postgres):
+    _, connect = postgres
+    with connect() as connection:
+        assert connection.execute("SHOW max_connections").fetchone() == ("42",)
+
+
+def test_postgres_server_runs_as_uid_999(postgres):
+    container, _ = postgres
+    assert process_uid(container) == 999
+
+
+def test_postgres_keeps_data_and_skips_initdb_scripts_after_restart(postgres):
+    container, connect = postgres
+    with connect() as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS survives (value text)")
+        connection.execute("INSERT INTO survives VALUES ('before restart')")
+    container.restart(timeout=30)
+    wait_for(
+        lambda: connect().close() or True,
+        timeout=60,
+        what="postgres after restart",
+        container=container,
+    )
+    with connect() as connection:
+        runs = connection.execute(
+            "SELECT script, count(*) FROM initdb_runs GROUP BY script ORDER BY script"
+        ).fetchall()
+        kept = connection.execute("SELECT value FROM survives").fetchall()
+    assert runs == [("sh", 1), ("sql", 1)]
+    assert kept == [("before restart",)]
+    assert b"Skipping initialization" in container.logs()
+
+
+def test_postgres_rejects_password_and_password_file_together(standin, containers):
+    container = containers.run(
+        standin("postgres"),
+        environment={
+            "POSTGRES_PASSWORD": "a",
+            "POSTGRES_PASSWORD_FILE": "/run/secrets/postgres_password",
+        },
+        files={"/run/secrets/postgres_password": secret("b")},
+        detach=True,
+    )
+    result = container.wait(timeout=60)
+    assert result["StatusCode"] == 1
+    assert b"both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set" in container.logs()
+
+
+def test_postgres_runs_with_our_config_files(standin, containers):
+    """As stacks/env.yml runs it: config_file and hba_file from configs/postgres (scram even on
+    the local socket), the pgvector initdb script, *_FILE secrets, the TCP health check."""
+    psycopg = pytest.importorskip(
+        "psycopg", reason="psycopg 3 is needed: pip install 'psycopg[binary]'"
+    )
+    conf = repo_file("configs/postgres/postgresql.conf")
+    hba = repo_file("configs/postgres/pg_hba.conf")
+    vector = repo_file("configs/postgres/initdb/10-vector.sql")
+    container = containers.run(
+        standin("postgres"),
+        command=[
+            "postgres",
+            "-c",
+            "config_file=/etc/postgresql/postgresql.conf",
+            "-c",
+            "hba_file=/etc/postgresql/pg_hba.conf",
+        ],
+        environment={
+            "POSTGRES_USER_FILE": "/run/secrets/postgres_user",
+            "POSTGRES_DB_FILE": "/run/secrets/postgres_db",
+            "POSTGRES_PASSWORD_FILE": "/run/secrets/postgres_password",
+        },
+        files={
+            "/run/secrets/postgres_user": secret(PG_USER),
+            "/run/secrets/postgres_db": secret(PG_DB),
+            "/run/secrets/postgres_password": secret(PG_PASSWORD),
+            "/etc/postgresql/postgresql.conf": (conf.read_bytes(), 0o444),
+            "/etc/postgresql/pg_hba.conf": (hba.read_bytes(), 0o444),
+            "/docker-entrypoint-initdb.d/10-vector.sql": (vector.read_bytes(), 0o444),
+        },
+        ports=loopback("5432/tcp"),
+        detach=True,
+    )
+    healthcheck = [
+        "sh",
+        "-c",
+        'pg_isready -q -h 127.0.0.1 -p 5432 -U "$(cat /run/secrets/postgres_user)" '
+        '-d "$(cat /run/secrets/postgres_db)"',
+    ]
+    wait_for(
+        lambda: container.exec_run(healthcheck).exit_code == 0,
+        timeout=90,
+        what="the stack's pg_isready health check",
+        container=container,
+    )
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=host_port(container, "5432/tcp"),
+        user=PG_USER,
+        password=PG_PASSWORD,
+        dbname=PG_DB,
+        connect_timeout=5,
+    ) as connection:
+        extensions = [row[0] for row in connection.execute("SELECT extname FROM pg_extension")]
+        hba_file = connection.execute("SHOW hba_file").fetchone()[0]
+    assert "vector" in extensions
+    assert hba_file == "/etc/postgresql/pg_hba.conf"
+    socket_login = container.exec_run(["psql", "-U", PG_USER, "-d", PG_DB, "-w", "-c", "SELECT 1"])
+    assert socket_login.exit_code != 0, (
+        "the local socket should require a password with our pg_hba.conf"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# redis (redis:7.4)
+
+REDIS_PASSWORD = secrets.token_urlsafe(18)
+REDIS_CONF = b"include /run/secrets/redis_auth_conf\nappendonly yes\nappendfsync always\n"
+
+
+@pytest.fixture(scope="module")
+def redis(standin, containers):
+    """Redis started as our env stack does: a config file that includes the password secret."""
+    container = containers.run(
+        standin("redis"),
+        command=["redis-server", "/usr/local/etc/redis/redis.conf"],
+        files={
+            "/usr/local/etc/redis/redis.conf": (REDIS_CONF, 0o444),
+            "/run/secrets/redis_auth_conf": secret(f'requirepass "{REDIS_PASSWORD}"'),
+        },
+        volumes={containers.volume("redisdata"): {"bind": "/data", "mode": "rw"}},
+        detach=True,
+    )
+    wait_for(
+        lambda: b"Ready to accept connections" in container.logs(),
+        timeout=30,
+        what="redis to start",
+        container=container,
+    )
+    return container
+
+
+def redis_cli(container, *command: str, password: str | None = None) -> str:
+    environment = {"REDISCLI_AUTH": password} if password else None
+    return exec_ok(container, ["redis-cli", *command], environment=environment).strip()
+
+
+def test_redis_refuses_commands_without_password(redis):
+    assert "NOAUTH" in redis_cli(redis, "SET", "key", "value")
+
+
+def test_redis_accepts_the_password_from_its_config(redis):
+    assert redis_cli(redis, "PING", password=REDIS_PASSWORD) == "PONG"
+
+
+def test_redis_writes_its_append_only_file_under_data(redis):
+    assert redis_cli(redis, "SET", "persisted", "yes", password=REDIS_PASSWORD) == "OK"
+    listing = exec_ok(redis, ["sh", "-c", "stat -c '%U %n' /data/appendonlydir/*"])
+    assert ".aof" in listing
+    assert all(line.startswith("redis ") for line in listing.splitlines()), listing
+
+
+def test_redis_server_runs_as_uid_999(redis):
+    assert process_uid(redis) == 999
+
+
+def test_redis_protected_mode_is_off_without_a_config(standin, containers):
+    container = containers.run(standin("redis"), detach=True)
+    wait_for(
+        lambda: b"Ready to accept connections" in container.logs(),
+        timeout=30,
+        what="redis to start",
+        container=container,
+    )
+    assert redis_cli(container, "CONFIG", "GET", "protected-mode").split() == [
+        "protected-mode",
+        "no",
+    ]
+
+
+def test_redis_config_file_can_turn_protected_mode_on(standin, containers):
+    container = containers.run(
+        standin("redis"),
+        command=["/usr/local/etc/redis/redis.conf"],  # a *.conf first argument gets redis-server
+        files={"/usr/local/etc/redis/redis.conf": (b"protected-mode yes\n", 0o444)},
+        detach=True,
+    )
+    wait_for(
+        lambda: b"Ready to accept connections" in container.logs(),
+        timeout=30,
+        what="redis to start",
+        container=container,
+    )
+    assert redis_cli(container, "CONFIG", "GET", "protected-mode").split() == [
+        "protected-mode",
+        "yes",
+    ]
+
+
+def test_redis_runs_with_our_config_file(standin, containers):
+    """As stacks/env.yml runs it: configs/redis/redis.conf (protected-mode yes, AOF, the
+    password included from a secret), per-environment arguments, the stack's health check."""
+    conf = repo_file("configs/redis/redis.conf")
+    container = containers.run(
+        standin("redis"),
+        command=[
+            "redis-server",
+            "/usr/local/etc/redis/redis.conf",
+            "--maxmemory",
+            "128mb",
+            "--appendfsync",
+            "everysec",
+        ],
+        files={
+            "/usr/local/etc/redis/redis.conf": (conf.read_bytes(), 0o444),
+            "/run/secrets/redis_auth_conf": secret(f'requirepass "{REDIS_PASSWORD}"'),
+            "/run/secrets/redis_password": secret(REDIS_PASSWORD),
+        },
+        volumes={containers.volume("redisours"): {"bind": "/data", "mode": "rw"}},
+        detach=True,
+    )
+    healthcheck = [
+        "sh",
+        "-c",
+        'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli ping | grep -q PONG',
+    ]
+    wait_for(
+        lambda: container.exec_run(healthcheck).exit_code == 0,
+        timeout=30,
+        what="the stack's redis health check",
+        container=container,
+    )
+    assert "NOAUTH" in redis_cli(container, "GET", "anything")
+    assert redis_cli(container, "CONFIG", "GET", "maxmemory", password=REDIS_PASSWORD).split() == [
+        "maxmemory",
+        "134217728",
+    ]
+    assert process_uid(container) == 999
+
+
+# ---------------------------------------------------------------------------------------------
+# prometheus (prom/prometheus)
+
+
+def test_prometheus_accepts_our_config(standin, docker_client):
+    config_dir = repo_file("configs/prometheus/prometheus.yml").parent
+    files = {
+        f"/etc/prometheus/{p.relative_to(config_dir)}": (p.read_bytes(), 0o444)
+        for p in config_dir.rglob("*")
+        if p.is_file()
+    }
+    image = standin("prometheus")
+    container = docker_client.containers.create(
+        image,
+        entrypoint=["/bin/promtool"],
+        command=["check", "config", "/etc/prometheus/prometheus.yml"],
+        labels={"org.nextcandle.test": "standin-contract"},
+    )
+    try:
+        put_files(container, files)
+        container.start()
+        code = container.wait(timeout=60)["StatusCode"]
+        output = container.logs().decode(errors="replace")
+    finally:
+        container.remove(force=True)
+    assert code == 0, f"promtool check config failed:\n{output}"
+
+
+def test_prometheus_answers_healthy_as_nobody(standin, containers):
+    container = containers.run(standin("prometheus"), ports=loopback("9090/tcp"), detach=True)
+    url = f"http://127.0.0.1:{host_port(container, '9090/tcp')}/-/healthy"
+    wait_for(
+        lambda: http_status(url) == 200,
+        timeout=60,
+        what="prometheus /-/healthy",
+        container=container,
+    )
+    assert process_uid(container) == 65534
+    # The stack's health check.
+    exec_ok(container, ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9090/-/healthy"])
+
+
+def test_prometheus_runs_our_config_with_our_flags(standin, containers):
+    config = repo_file("configs/prometheus/prometheus.yml")
+    container = containers.run(
+        standin("prometheus"),
+        command=[
+            "--config.file=/etc/prometheus/prometheus.yml",
+            "--storage.tsdb.path=/prometheus",
+            "--storage.tsdb.retention.time=15d",
+        ],
+        files={"/etc/prometheus/prometheus.yml": (config.read_bytes(), 0o444)},
+        ports=loopback("9090/tcp"),
+        detach=True,
+    )
+    url = f"http://127.0.0.1:{host_port(container, '9090/tcp')}/-/ready"
+    wait_for(
+        lambda: http_status(url) == 200,
+        timeout=60,
+        what="prometheus /-/ready with our config",
+        container=container,
+    )
+
+
+def test_node_exporter_serves_metrics_as_nobody(standin, containers):
+    container = containers.run(standin("node-exporter"), ports=loopback("9100/tcp"), detach=True)
+    url = f"http://127.0.0.1:{host_port(container, '9100/tcp')}/metrics"
+    wait_for(
+        lambda: http_status(url) == 200,
+        timeout=30,
+        what="node-exporter /metrics",
+        container=container,
+    )
+    assert process_uid(container) == 65534
+    exec_ok(
+        container, ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9100/"]
+    )  # the stack's health check
+
+
+def http_text(url: str) -> str:
+    assert url.startswith("http://127.0.0.1:"), url
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback http only)
+        return response.read().decode()
+
+
+def test_redis_exporter_finds_passwords_in_a_json_map_file(standin, containers, redis):
+    """As stacks/shared.yml runs it: no default instance (--redis.addr=), the password map in
+    REDIS_PASSWORD_FILE, Redis scraped through /scrape?target=."""
+    redis.reload()
+    address = f"redis://{redis.attrs['NetworkSettings']['IPAddress']}:6379"
+    passwords = {address: REDIS_PASSWORD, "redis://tasks.stg_redis:6379": "other"}
+    container = containers.run(
+        standin("redis-exporter"),
+        command=["--redis.addr="],
+        environment={"REDIS_PASSWORD_FILE": "/run/secrets/redis_exporter_passwords"},
+        files={"/run/secrets/redis_exporter_passwords": secret(json.dumps(passwords))},
+        ports=loopback("9121/tcp"),
+        detach=True,
+    )
+    base = f"http://127.0.0.1:{host_port(container, '9121/tcp')}"
+    wait_for(
+        lambda: http_status(f"{base}/metrics") == 200,
+        timeout=30,
+        what="redis-exporter /metrics",
+        container=container,
+    )
+    scraped = http_text(f"{base}/scrape?target={urllib.parse.quote(address, safe='')}")
+    assert "\nredis_up 1\n" in scraped, scraped[-2000:]
+    assert process_uid(container) == 59000
+
+
+# ---------------------------------------------------------------------------------------------
+# traefik (traefik:v3.6)
+
+
+def test_traefik_healthcheck_passes_with_our_config(standin, containers):
+    config = repo_file("configs/traefik/traefik.yml")
+    files = {
+        "/etc/traefik/traefik.yml": (config.read_bytes(), 0o444),
+        "/run/secrets/traefik_dashboard_users": secret(
+            "admin:$apr1$standin$0000000000000000000000"
+        ),
+    }
+    dynamic = REPO / "configs/traefik/dynamic.yml"
+    if dynamic.is_file():
+        files["/etc/traefik/dynamic/dynamic.yml"] = (dynamic.read_bytes(), 0o444)
+    container = containers.run(standin("traefik"), files=files, detach=True)
+
+    def healthy() -> bool:
+        return container.exec_run(["traefik", "healthcheck"]).exit_code == 0
+
+    wait_for(healthy, timeout=60, what="`traefik healthcheck` to pass", container=container)
+
+
+def test_traefik_entrypoint_runs_subcommands_through_traefik(standin, docker_client):
+    output = docker_client.containers.run(
+        standin("traefik"),
+        ["version"],
+        remove=True,
+        labels={"org.nextcandle.test": "standin-contract"},
+    )
+    assert b"3.6.15" in output
+
+
+# ---------------------------------------------------------------------------------------------
+# seaweedfs (chrislusf/seaweedfs), S3 with the identities our platform generates
+
+S3_ACCESS_KEY = "standin" + secrets.token_hex(6)
+S3_SECRET_KEY = secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(standin, containers):
+    s3_config = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    container = containers.run(
+        standin("seaweedfs"),
+        # As stacks/shared.yml runs it.
+        command=[
+            "server",
+            "-ip=127.0.0.1",
+            "-ip.bind=0.0.0.0",
+            "-volume.max=100",
+            "-master.volumePreallocate=false",
+            "-s3",
+            "-s3.port=8333",
+            "-s3.config=/run/secrets/s3_config",
+            "-metricsPort=9324",
+        ],
+        files={"/run/secrets/s3_config": secret(json.dumps(s3_config))},
+        volumes={containers.volume("seaweed"): {"bind": "/data", "mode": "rw"}},
+        ports=loopback("8333/tcp"),
+        detach=True,
+    )
+    endpoint = f"http://127.0.0.1:{host_port(container, '8333/tcp')}"
+    # Anonymous listing is refused with 403 once the gateway is up.
+    wait_for(
+        lambda: http_status(endpoint + "/") == 403,
+        timeout=90,
+        what="the S3 gateway",
+        container=container,
+    )
+    return container, endpoint
+
+
+def test_seaweedfs_healthcheck_of_our_stack_passes(seaweedfs):
+    container, _ = seaweedfs
+    exec_ok(container, ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8333/healthz"])
+
+
+def test_seaweedfs_runs_as_seaweed_uid_1000(seaweedfs):
+    container, _ = seaweedfs
+    assert process_uid(container) == 1000
+
+
+def test_seaweedfs_started_as_root_hands_data_to_seaweed(standin, containers):
+    container = containers.run(
+        standin("seaweedfs"),
+        user="root",
+        command=["master", "-ip.bind=0.0.0.0"],
+        tmpfs={"/data": "mode=0755"},  # a fresh root-owned /data
+        detach=True,
+    )
+    wait_for(
+        lambda: process_uid(container) == 1000,
+        timeout=30,
+        what="weed master to drop to seaweed",
+        container=container,
+    )
+    assert exec_ok(container, ["stat", "-c", "%u:%g", "/data"]).strip() == "1000:1000"
+
+
+def s3_client(endpoint: str, access_key: str = S3_ACCESS_KEY, secret_key: str = S3_SECRET_KEY):
+    boto3 = pytest.importorskip("boto3", reason="boto3 is needed: pip install boto3")
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(
+            s3={"addressing_style": "path"}, retries={"max_attempts": 1}, signature_version="s3v4"
+        ),
+    )
+
+
+def test_seaweedfs_serves_s3_with_the_configured_keys(seaweedfs):
+    container, endpoint = seaweedfs
+    client = s3_client(endpoint)
+    bucket = f"contract-{uuid.uuid4().hex[:8]}"
+
+    def create_bucket() -> bool:  # the filer behind the gateway may still be starting
+        client.create_bucket(Bucket=bucket)
+        return True
+
+    wait_for(create_bucket, timeout=60, what="S3 CreateBucket", container=container)
+    client.put_object(Bucket=bucket, Key="hello.txt", Body=b"hello stand-in")
+    assert client.get_object(Bucket=bucket, Key="hello.txt")["Body"].read() == b"hello stand-in"
+    assert bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def test_seaweedfs_refuses_anonymous_and_wrong_keys(seaweedfs):
+    from botocore.exceptions import ClientError
+
+    _, endpoint = seaweedfs
+    bucket = f"anon-{uuid.uuid4().hex[:8]}"
+    assert http_status(f"{endpoint}/{bucket}", method="PUT") == 403
+    assert http_status(f"{endpoint}/") == 403
+    with pytest.raises(ClientError) as refused:
+        s3_client(endpoint, secret_key=S3_SECRET_KEY + "x").list_buckets()
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+# ---------------------------------------------------------------------------------------------
+# n8n (n8nio/n8n)
+
+
+def test_n8n_answers_healthz_as_node(standin, containers):
+    encryption_key = secrets.token_hex(16)
+    container = containers.run(
+        standin("n8n"),
+        environment={
+            "N8N_ENCRYPTION_KEY_FILE": "/run/secrets/n8n_encryption_key",
+            "N8N_DIAGNOSTICS_ENABLED": "false",
+        },
+        files={"/run/secrets/n8n_encryption_key": secret(encryption_key)},
+        ports=loopback("5678/tcp"),
+        detach=True,
+    )
+    url = f"http://127.0.0.1:{host_port(container, '5678/tcp')}/healthz"
+    wait_for(
+        lambda: http_status(url) == 200,
+        timeout=240,
+        what="n8n /healthz",
+        container=container,
+        interval=2,
+    )
+    assert process_uid(container) == 1000
+    assert exec_ok(container, ["sh", "-c", "id -u; echo $HOME"]).split() == ["1000", "/home/node"]
+    exec_ok(
+        container,
+        [
+            "node",
+            "-e",
+            "fetch('http://127.0.0.1:5678/healthz')"  # the stack's health check
+            ".then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))",
+        ],
+    )
+    settings = json.loads(exec_ok(container, ["cat", "/home/node/.n8n/config"]))
+    assert settings.get("encryptionKey") == encryption_key
+
+
+# ---------------------------------------------------------------------------------------------
+# dind (docker:dind) runs a swarm
+
+
+def test_dind_runs_a_swarm_service_from_a_loaded_standin(standin, containers, docker_client):
+    probe = standin("redis-exporter")
+    node = containers.adopt(
+        dind.create(
+            docker_client,
+            standin("dind"),
+            containers.volume("dind"),
+            ports=loopback("9121/tcp"),
+            name=f"standin-test-dind-{uuid.uuid4().hex[:8]}",
+            labels=dict(LABELS),
+        )
+    )
+    node.start()
+    wait_for(
+        lambda: node.exec_run(["docker", "info"]).exit_code == 0,
+        timeout=60,
+        what="the inner dockerd",
+        container=node,
+    )
+    exec_ok(node, ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"])
+
+    with tempfile.TemporaryFile() as image_tar:
+        for chunk in docker_client.images.get(probe).save(named=True):
+            image_tar.write(chunk)
+        image_tar.seek(0)
+        put_files(node, {"/var/tmp/probe.tar": (image_tar.read(), 0o644)})
+    exec_ok(node, ["docker", "load", "-i", "/var/tmp/probe.tar"])
+    exec_ok(
+        node,
+        [
+            "docker",
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "probe",
+            "--no-resolve-image",
+            "--publish",
+            "mode=host,target=9121,published=9121",
+            probe,
+        ],
+    )
+
+    def service_running() -> bool:
+        states = exec_ok(
+            node, ["docker", "service", "ps", "probe", "--format", "{{.CurrentState}}"]
+        )
+        return any(line.startswith("Running") for line in states.splitlines())
+
+    wait_for(service_running, timeout=90, what="the probe service task to run", container=node)
+    url = f"http://127.0.0.1:{host_port(node, '9121/tcp')}/metrics"
+    wait_for(
+        lambda: http_status(url) == 200,
+        timeout=30,
+        what="the probe service through the host-mode port",
+        container=node,
+    )
+
+
+def test_every_buildable_standin_is_built(standin, standin_tags):
+    """In CI every stand-in must exist; locally this reports which ones are missing."""
+    missing = []
+    for name in standin_tags:
+        try:
+            standin(name)
+        except pytest.skip.Exception:
+            missing.append(name)
+    if missing:
+        unavailable(f"stand-ins not built: {', '.join(missing)}")
