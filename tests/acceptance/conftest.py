@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import docker
 import pytest
@@ -25,6 +28,7 @@ from tests.acceptance.dind import DindSwarm
 from tests.acceptance.images import ImageChoice, choose_images
 
 DEPLOY_TIMEOUT = float(os.environ.get("ACCEPTANCE_DEPLOY_TIMEOUT", "600"))
+WORK_PARENT = os.environ.get("ACCEPTANCE_WORKDIR", "/var/tmp")
 
 
 def pytest_addoption(parser):
@@ -141,7 +145,7 @@ class Platform:
 
 
 @pytest.fixture(scope="session")
-def platform(request, tmp_path_factory) -> Platform:
+def platform(request) -> Platform:
     try:
         outer = docker.from_env(timeout=300)
         outer.ping()
@@ -153,7 +157,9 @@ def platform(request, tmp_path_factory) -> Platform:
     if dind.ref is None:
         _unavailable(f"DIND_IMAGE: {dind.reason}")
 
-    workdir = tmp_path_factory.mktemp("platform")
+    # Not under /tmp: dind's entrypoint (upstream's too) mounts a tmpfs over the node's /tmp,
+    # which would hide a DATA_ROOT mounted there.
+    workdir = Path(tempfile.mkdtemp(prefix="nextcandle-acceptance-", dir=WORK_PARENT))
     data_root = workdir / "data"
     data_root.mkdir()
     env_file = workdir / "env"
@@ -206,6 +212,7 @@ def platform(request, tmp_path_factory) -> Platform:
             print(f"acceptance: kept up; DOCKER_HOST={swarm.manager.engine_url}")
         else:
             swarm.remove()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
