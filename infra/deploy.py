@@ -19,13 +19,15 @@ from pathlib import Path
 
 import docker
 import yaml
+from docker.errors import APIError
 
 from infra import converge, engine, secrets
-from infra.catalog import CORE, RUNNER
+from infra.catalog import CORE, RUNNER, STOP_ALL
 from infra.errors import SecretsError, SettingsError
 from infra.plan import (
     HASH_LENGTH,
     LABEL_SPEC_HASH,
+    LABEL_STACK,
     DataDir,
     Plan,
     StackPlan,
@@ -167,6 +169,10 @@ def apply(
                 result.secrets_created.append(obj.name)
                 report(f"secret: created {obj.name}")
         deploy_stack(client, stack, wait=wait, timeout=timeout, report=report, result=result)
+        if wait:  # old versions go only once nothing can roll back to them
+            keep = {obj.name for obj in (*stack.secrets, *stack.configs)}
+            for name in prune_objects(client, stack.name, keep=keep):
+                report(f"stack {stack.name}: pruned {name} (no longer used)")
     return result
 
 
@@ -283,8 +289,6 @@ def stop(
     client: docker.DockerClient | None = None,
 ) -> list[str]:
     """Remove stacks (and with cleanup their unused secrets and configs). Data stays."""
-    from infra.catalog import STOP_ALL
-
     stacks = STOP_ALL if target == "all" else (target,)
     client = client or engine.connect(settings.docker_host)
     engine.require_manager(client)
@@ -316,8 +320,6 @@ def prune_objects(
     client: docker.DockerClient, stack: str, keep: set[str] | None = None
 ) -> list[str]:
     """Remove a stack's secrets and configs that no service uses (and not in `keep`)."""
-    from infra.plan import LABEL_STACK
-
     keep = keep or set()
     in_use: set[str] = set()
     for service in client.services.list():
@@ -332,7 +334,10 @@ def prune_objects(
     for obj in candidates:
         if obj.name in in_use or obj.name in keep:
             continue
-        obj.remove()
+        try:
+            obj.remove()
+        except APIError:  # still held by a task that is shutting down: pruned next time
+            continue
         removed.append(obj.name)
     return removed
 
