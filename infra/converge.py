@@ -19,7 +19,8 @@ from docker.errors import APIError, NotFound
 from infra.engine import STACK_NAMESPACE
 from infra.errors import ConvergeError
 
-FAILED_UPDATE_STATES = ("paused", "rollback_started", "rollback_paused", "rollback_completed")
+# Where a failed update ends: paused, or rolled back (waited for: rollback_started is not yet).
+FAILED_UPDATE_STATES = ("paused", "rollback_paused", "rollback_completed")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,14 @@ class ServiceState:
 
     @property
     def converged(self) -> bool:
-        if self.update_state in FAILED_UPDATE_STATES or self.update_state == "updating":
+        if self.update_state in (*FAILED_UPDATE_STATES, "updating", "rollback_started"):
+            return False
+        return self.settled
+
+    @property
+    def settled(self) -> bool:
+        """Its tasks run as wanted, whatever an earlier update left in its update state."""
+        if self.update_state in ("updating", "rollback_started"):
             return False
         if self.is_job:
             return self.pending_tasks == 0 and self.running >= self.desired
@@ -144,13 +152,16 @@ def stack_states(client: docker.DockerClient, stack: str) -> list[ServiceState]:
 def wait_converged(
     client: docker.DockerClient,
     stack: str,
+    changed: set[str] | None = None,
     timeout: float = 300,
     interval: float = 2,
     progress: Callable[[str], None] = print,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[ServiceState]:
     """Poll until every service of `stack` has converged; raise ConvergeError on timeout or
-    when an update failed (paused or rolled back)."""
+    when an update of this deploy failed (paused or rolled back). `changed` names the
+    services this deploy updated (None: all); the others may keep an old failed update state
+    as long as their tasks run."""
     deadline = clock() + timeout
     shown: dict[str, str] = {}
     while True:
@@ -160,8 +171,10 @@ def wait_converged(
             if shown.get(state.name) != line:
                 shown[state.name] = line
                 progress(f"  {state.name:<28} {line}")
-        failed = [s for s in states if s.update_state in FAILED_UPDATE_STATES]
-        if states and all(s.converged for s in states):
+        mine = [s for s in states if changed is None or s.name in changed]
+        failed = [s for s in mine if s.update_state in FAILED_UPDATE_STATES]
+        done = all(s.converged if s in mine else s.settled for s in states)
+        if states and done and not failed:
             return states
         if failed or clock() >= deadline:
             unconverged = [s for s in states if not s.converged] or states

@@ -223,7 +223,11 @@ def deploy_stack(
         report(f"{stack.name}: up to date, 0 services changed")
     if wait:
         result.stacks[stack.name] = converge.wait_converged(
-            client, stack.name, timeout=timeout, progress=report
+            client,
+            stack.name,
+            changed={f"{stack.name}_{name}" for name in changed},
+            timeout=timeout,
+            progress=report,
         )
         if changed or removed:
             report(f"stack {stack.name}: converged, {len(changed) + len(removed)} services changed")

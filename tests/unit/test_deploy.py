@@ -48,3 +48,29 @@ def test_dollars_of_a_rendered_stack_are_escaped_for_redeploy():
     rendered = {"services": {"db": {"healthcheck": {"test": ["CMD-SHELL", 'x "$(cat f)"']}}}}
     escaped = _escape_dollars(rendered)
     assert escaped["services"]["db"]["healthcheck"]["test"][1] == 'x "$$(cat f)"'
+
+
+def _state(**overrides):
+    from infra.converge import ServiceState
+
+    values = dict(
+        name="dev_redis", mode="replicated", running=1, desired=1, update_state="", pending_tasks=0
+    )
+    return ServiceState(**{**values, **overrides})
+
+
+def test_a_service_is_converged_when_its_tasks_run_the_current_spec():
+    assert _state().converged
+    assert not _state(running=0, pending_tasks=1).converged
+    assert not _state(update_state="updating").converged
+
+
+def test_an_update_still_rolling_back_has_not_converged():
+    state = _state(update_state="rollback_started")
+    assert not state.converged and not state.settled
+
+
+def test_an_old_rollback_does_not_block_a_later_deploy_of_other_services():
+    state = _state(update_state="rollback_completed")
+    assert not state.converged  # for the deploy that caused it: a failure
+    assert state.settled  # for later deploys that leave it alone: running as wanted
