@@ -23,6 +23,7 @@ from tests.images import dind
 LABEL = "org.nextcandle.acceptance"
 ENGINE_PORT = 2375
 
+
 @dataclass
 class Node:
     name: str

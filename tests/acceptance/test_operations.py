@@ -1,0 +1,122 @@
+"""What happens on the second deploy, on a changed secret, on a broken update and on stop."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+import pytest
+import redis
+import yaml
+
+from infra import deploy, engine
+from infra.errors import ConvergeError
+
+
+def _versions(platform, *stacks) -> dict[str, int]:
+    return {
+        service.name: service.version
+        for stack in stacks
+        for service in engine.stack_services(platform.client, stack)
+    }
+
+
+def _apply(platform, stack, settings=None, **kwargs) -> list[str]:
+    lines: list[str] = []
+    deploy.apply(
+        settings or platform.settings,
+        stack,
+        tunnel=False,
+        timeout=300,
+        report=lines.append,
+        client=platform.client,
+        **kwargs,
+    )
+    return lines
+
+
+@pytest.fixture(scope="module")
+def dev(platform):
+    platform.require("POSTGRES_IMAGE")
+    platform.require("REDIS_IMAGE")
+    platform.deploy("dev")
+    return platform
+
+
+def test_redeploy_with_nothing_changed_updates_no_service(dev):
+    before = _versions(dev, "core", "dev")
+    lines = _apply(dev, "dev")
+    assert _versions(dev, "core", "dev") == before
+    assert "dev: up to date, 0 services changed" in lines
+    assert "core: up to date, 0 services changed" in lines
+
+
+def test_changed_secret_rolls_only_its_services_and_prunes_the_old_version(dev):
+    path = dev.settings.secrets_file
+    values = yaml.safe_load(path.read_text())
+    old_names = {s.name for s in dev.client.secrets.list() if s.name.startswith("dev_redis_")}
+    before = _versions(dev, "core", "dev")
+    values["dev_redis_password"] = "rotated-" + values["dev_redis_password"]
+    path.write_text(yaml.safe_dump(values))
+    lines = _apply(dev, "dev")
+    after = _versions(dev, "core", "dev")
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == {"dev_redis"}, lines
+    remaining = {s.name for s in dev.client.secrets.list()}
+    assert not old_names & remaining, "the old secret versions were not pruned"
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=dev.port(6379),
+        password=values["dev_redis_password"],
+        socket_timeout=10,
+    )
+    assert client.ping()
+
+
+def test_broken_update_is_rolled_back_and_the_service_keeps_serving(dev):
+    broken = dataclasses.replace(
+        dev.settings,
+        images={**dev.settings.images, "REDIS_IMAGE": "nextcandle-standin/redis:no-such-tag"},
+    )
+    before = dev.client.services.get("dev_redis").attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+    with pytest.raises(ConvergeError, match="dev_redis was rolled back"):
+        _apply(dev, "dev", settings=broken)
+    spec = dev.client.services.get("dev_redis").attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert spec["Image"] == before["Image"]
+    password = dev.secrets()["dev_redis_password"]
+    client = redis.Redis(
+        host="127.0.0.1", port=dev.port(6379), password=password, socket_timeout=10
+    )
+    dev.wait_for(client.ping, what="dev Redis to answer after the rollback")
+    # The next deploy with the good settings is calm: nothing to change, nothing failed.
+    assert "dev: up to date, 0 services changed" in _apply(dev, "dev")
+
+
+def test_stop_waits_for_the_containers_and_keeps_the_data(dev):
+    values = dev.secrets()
+
+    def connect():
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=dev.port(5432),
+            user=values["dev_postgres_user"],
+            password=values["dev_postgres_password"],
+            dbname=values["dev_postgres_db"],
+            connect_timeout=10,
+        )
+
+    with connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('survives stop and deploy')")
+    deploy.stop(dev.settings, "dev", report=lambda _: None, client=dev.client)
+    leftovers = dev.client.containers.list(
+        all=True, filters={"label": "com.docker.stack.namespace=dev"}
+    )
+    assert leftovers == []
+    assert (dev.settings.data_root / "dev" / "postgres" / "PG_VERSION").exists()
+    _apply(dev, "dev")
+    row = dev.wait_for(
+        lambda: connect().execute("SELECT note FROM kept").fetchone(),
+        what="dev Postgres after the redeploy",
+    )
+    assert row == ("survives stop and deploy",)
