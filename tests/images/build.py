@@ -102,17 +102,14 @@ class StandIn:
 
 
 def read_images_env(path: Path = IMAGES_ENV) -> dict[str, str]:
-    """The NAME_IMAGE=ref pairs of images.env, in file order."""
-    images: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, value = line.partition("=")
-        if not sep or not name.strip():
-            raise BuildError(f"{path}:{number}: expected NAME_IMAGE=reference, got {raw!r}")
-        images[name.strip()] = value.strip().strip("'\"")
-    return images
+    """The NAME_IMAGE=ref pairs of images.env, in file order, read as the platform reads it."""
+    from infra.errors import SettingsError
+    from infra.settings import read_env_file
+
+    try:
+        return read_env_file(path)
+    except SettingsError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def load_map(path: Path = MAP_FILE) -> dict:
