@@ -301,7 +301,7 @@ def stop(
     for stack in stacks:
         if stack in deployed:
             report(f"stack {stack}: removing")
-            engine.docker_cli(["docker", "stack", "rm", stack])
+            engine.docker_cli(["docker", "stack", "rm", stack], settings.engine_variables())
             converge.wait_removed(client, stack, timeout=timeout)
             removed.append(stack)
             data = settings.data_root / stack

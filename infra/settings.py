@@ -99,9 +99,12 @@ class Settings:
             "SHARED_DOMAIN": self.shared_domain,
             "GITHUB_OWNER": self.get("GITHUB_OWNER"),
             "RUNNER_REPLICAS": str(self.runner_replicas),
-            # The docker CLI reads it from its environment: the same engine as the SDK's.
-            **({"DOCKER_HOST": self.docker_host} if self.docker_host else {}),
+            **self.engine_variables(),
         }
+
+    def engine_variables(self) -> dict[str, str]:
+        """For the docker CLI's environment: the same engine as the SDK's."""
+        return {"DOCKER_HOST": self.docker_host} if self.docker_host else {}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
