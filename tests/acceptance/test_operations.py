@@ -51,6 +51,14 @@ def test_redeploy_with_nothing_changed_updates_no_service(dev):
     assert "core: up to date, 0 services changed" in lines
 
 
+def test_redeploy_of_shared_with_nothing_changed_updates_no_service(dev):
+    dev.deploy("shared")
+    before = _versions(dev, "shared")
+    lines = _apply(dev, "shared")
+    assert _versions(dev, "shared") == before
+    assert "shared: up to date, 0 services changed" in lines
+
+
 def test_changed_secret_rolls_only_its_services_and_prunes_the_old_version(dev):
     path = dev.settings.secrets_file
     values = yaml.safe_load(path.read_text())
