@@ -102,7 +102,7 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
                     "ports": list(s.ports),
                 }
             )
-            if verbose:
+            if verbose and not s.settled:  # old errors of a service now running are history
                 lines += [f"      task error: {e}" for e in s.errors]
         rows.append({"stack": stack, "deployed": True, "services": services})
     if verbose:
