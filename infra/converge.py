@@ -55,6 +55,17 @@ class ServiceState:
         return self.running == self.desired and self.pending_tasks == 0
 
     @property
+    def missing_image(self) -> bool:
+        """Never started because the engine cannot get its image (a fresh service only: during
+        an update, Swarm's own failure action decides)."""
+        return (
+            not self.update_state
+            and self.running == 0
+            and len(self.errors) >= 3
+            and all("No such image" in error for error in self.errors)
+        )
+
+    @property
     def rolled_back(self) -> bool:
         return self.update_state.startswith("rollback")
 
@@ -176,6 +187,14 @@ def wait_converged(
         done = all(s.converged if s in mine else s.settled for s in states)
         if states and done and not failed:
             return states
+        missing = [s for s in mine if s.missing_image]
+        if missing:
+            names = ", ".join(f"{s.name} ({s.image})" for s in missing)
+            raise ConvergeError(
+                f"stack {stack}: no node can get the image of {names}. Check the registry "
+                "is reachable from the nodes, or point the image variable (stacks/images.env, "
+                "IMAGES_FILE) at an image they have."
+            )
         if failed or clock() >= deadline:
             unconverged = [s for s in states if not s.converged] or states
             raise ConvergeError(_failure_report(client, stack, unconverged, timeout, failed))

@@ -74,3 +74,11 @@ def test_an_old_rollback_does_not_block_a_later_deploy_of_other_services():
     state = _state(update_state="rollback_completed")
     assert not state.converged  # for the deploy that caused it: a failure
     assert state.settled  # for later deploys that leave it alone: running as wanted
+
+
+def test_a_new_service_whose_image_cannot_be_had_is_hopeless():
+    errors = ("rejected: No such image: traefik:v3.6.15",) * 3
+    assert _state(running=0, pending_tasks=1, errors=errors).missing_image
+    assert not _state(running=0, pending_tasks=1, errors=errors[:2]).missing_image
+    # During an update Swarm's failure action (rollback) decides, not us.
+    assert not _state(running=0, update_state="updating", errors=errors).missing_image
