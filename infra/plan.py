@@ -104,7 +104,7 @@ class Plan:
         return tuple(d for stack in self.stacks for d in stack.data_dirs)
 
 
-def stack_files(stack: str, tunnel: bool = True) -> tuple[Path, ...]:
+def stack_files(stack: str, tunnel: bool = True, stacks_dir: Path = STACKS_DIR) -> tuple[Path, ...]:
     """The compose files of a stack, base file first, overlays after."""
     if stack == CORE:
         names = ["core.yml"] + (["core.tunnel.yml"] if tunnel else [])
@@ -116,7 +116,7 @@ def stack_files(stack: str, tunnel: bool = True) -> tuple[Path, ...]:
         names = [f"{stack}.yml"]
     else:
         raise SettingsError(f"unknown stack {stack!r}. Valid: {', '.join(catalog.STACKS)}.")
-    return tuple(STACKS_DIR / name for name in names)
+    return tuple(stacks_dir / name for name in names)
 
 
 def stack_variables(stack: str, settings: Settings) -> dict[str, str]:
@@ -169,7 +169,7 @@ def plan_stack(
 ) -> StackPlan:
     """What deploying one stack needs. Without secret values (secrets.yml not yet generated),
     secret names carry a placeholder hash."""
-    files = stack_files(stack, tunnel)
+    files = stack_files(stack, tunnel, settings.stacks_dir)
     variables = stack_variables(stack, settings)
     secrets: dict[str, DockerObject] = {}
     configs: dict[str, DockerObject] = {}
@@ -189,7 +189,12 @@ def plan_stack(
                     f"{path.name}: config {key} reads {source}, which does not exist."
                 ) from None
             configs[key] = DockerObject(
-                "config", stack, key, versioned_name(stack, key, data), _relative(source), data
+                "config",
+                stack,
+                key,
+                versioned_name(stack, key, data),
+                _relative(source, settings.root),
+                data,
             )
         for key in document.get("secrets") or {}:
             if secret_values is None:
@@ -220,7 +225,7 @@ def plan_stack(
     )
     known = {
         name
-        for path in stack_files(stack, tunnel=True)
+        for path in stack_files(stack, True, settings.stacks_dir)
         for name in _read_stack_file(path).get("services") or {}
     }
     unknown = [name for name in disabled if name not in known]
@@ -261,8 +266,8 @@ def plan_deploy(
     return Plan(networks=NETWORKS, stacks=stacks, generate_secrets=secret_values is None)
 
 
-def _relative(path: Path) -> str:
+def _relative(path: Path, root: Path) -> str:
     try:
-        return str(path.relative_to(STACKS_DIR.parent))
+        return str(path.relative_to(root))
     except ValueError:
         return str(path)

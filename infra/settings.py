@@ -61,6 +61,10 @@ class Settings:
         return self.values.get(name, "")
 
     @property
+    def stacks_dir(self) -> Path:
+        return self.root / "stacks"
+
+    @property
     def project_name(self) -> str:
         return self.values["PROJECT_NAME"]
 
