@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import psycopg
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from infra import deploy, engine
 from infra.errors import ConvergeError
+from infra.settings import REPO_ROOT
 
 
 def _versions(platform, *stacks) -> dict[str, int]:
@@ -79,6 +81,28 @@ def test_changed_secret_rolls_only_its_services_and_prunes_the_old_version(dev):
         socket_timeout=10,
     )
     assert client.ping()
+
+
+def test_changed_config_file_rolls_only_the_services_that_mount_it(dev, tmp_path):
+    dev.require("PROMETHEUS_IMAGE")
+    dev.deploy("shared")
+    _apply(dev, "shared")  # up to date first: an earlier test changed a Redis password
+    # A copy of the repository's stacks and configs, with prometheus.yml changed.
+    for folder in ("stacks", "configs"):
+        shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
+    changed_file = tmp_path / "configs" / "prometheus" / "prometheus.yml"
+    changed_file.write_text(changed_file.read_text() + "# changed by the acceptance suite\n")
+    changed_settings = dataclasses.replace(dev.settings, root=tmp_path)
+    old = {c.name for c in dev.client.configs.list() if c.name.startswith("shared_prometheus-")}
+    before = _versions(dev, "shared")
+    try:
+        lines = _apply(dev, "shared", settings=changed_settings)
+        after = _versions(dev, "shared")
+        assert {n for n in after if after[n] != before[n]} == {"shared_prometheus"}, lines
+        remaining = {c.name for c in dev.client.configs.list()}
+        assert not old & remaining, "the old prometheus config was not pruned"
+    finally:
+        _apply(dev, "shared")  # back to the repository's own files
 
 
 def test_broken_update_is_rolled_back_and_the_service_keeps_serving(dev):
