@@ -40,3 +40,10 @@ def acceptance(session: nox.Session) -> None:
     """Deploy every stack into a fresh Docker-in-Docker swarm and check it from outside."""
     _install(session)
     session.run("pytest", *(session.posargs or ("tests/acceptance",)))
+
+
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Print deploy, redeploy and command timings against plain docker, in a dind swarm."""
+    _install(session)
+    session.run("python", "-m", "tests.bench.bench_platform", *session.posargs)
