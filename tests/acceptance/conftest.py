@@ -60,6 +60,30 @@ def _stack_of(file_stem: str) -> list[str]:
     return [file_stem.split(".")[0]]
 
 
+def swarm_settings(
+    swarm: DindSwarm, images: dict[str, ImageChoice], workdir: Path
+) -> tuple[Settings, list[str]]:
+    """Settings that deploy into `swarm` with the chosen images; services without an image
+    are left out (DISABLED_SERVICES). Returns them with the names left out."""
+    disabled = sorted(
+        f"{stack}_{key.split(':')[1]}"
+        for key, variable in _image_variables_by_service().items()
+        if images[variable].ref is None
+        for stack in _stack_of(key.split(":")[0])
+    )
+    environ = {
+        "PATH": os.environ.get("PATH", ""),
+        "ENV_FILE": str(workdir / "env"),
+        "DATA_ROOT": str(swarm.data_root),
+        "SECRETS_FILE": str(workdir / "secrets.yml"),
+        "DOCKER_HOST": swarm.manager.engine_url,
+        "RESOLVE_IMAGE": "never",
+        "DISABLED_SERVICES": ",".join(disabled),
+        **{v: c.ref for v, c in images.items() if c.ref},
+    }
+    return load_settings(environ=environ), disabled
+
+
 @dataclass
 class Platform:
     settings: Settings
@@ -183,23 +207,7 @@ def platform(request) -> Platform:
         swarm.start()
         refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
         swarm.load_images(refs)
-        disabled = sorted(
-            f"{stack}_{key.split(':')[1]}"
-            for key, variable in _image_variables_by_service().items()
-            if images[variable].ref is None
-            for stack in _stack_of(key.split(":")[0])
-        )
-        environ = {
-            "PATH": os.environ.get("PATH", ""),
-            "ENV_FILE": str(env_file),
-            "DATA_ROOT": str(data_root),
-            "SECRETS_FILE": str(workdir / "secrets.yml"),
-            "DOCKER_HOST": swarm.manager.engine_url,
-            "RESOLVE_IMAGE": "never",
-            "DISABLED_SERVICES": ",".join(disabled),
-            **{v: c.ref for v, c in images.items() if c.ref},
-        }
-        settings = load_settings(environ=environ)
+        settings, _ = swarm_settings(swarm, images, workdir)
         print(
             f"acceptance: swarm of {len(swarm.nodes)} node(s), manager {swarm.manager.engine_url}"
         )

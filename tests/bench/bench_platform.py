@@ -55,8 +55,7 @@ from infra.settings import REPO_ROOT, Settings, load_settings
 from tests.acceptance.conftest import (
     DEPLOY_TIMEOUT,
     WORK_PARENT,
-    _image_variables_by_service,
-    _stack_of,
+    swarm_settings,
 )
 from tests.acceptance.dind import DindSwarm
 from tests.acceptance.images import choose_images
@@ -157,23 +156,8 @@ def start(outer: docker.DockerClient) -> Bench:
         started = time.perf_counter()
         swarm.load_images(refs)
         log(f"{len(refs)} images loaded into the node in {time.perf_counter() - started:.1f} s")
-        disabled = sorted(
-            f"{stack}_{key.split(':')[1]}"
-            for key, variable in _image_variables_by_service().items()
-            if images[variable].ref is None
-            for stack in _stack_of(key.split(":")[0])
-        )
-        environ = {
-            "PATH": os.environ.get("PATH", ""),
-            "ENV_FILE": str(env_file),
-            "DATA_ROOT": str(data_root),
-            "SECRETS_FILE": str(workdir / "secrets.yml"),
-            "DOCKER_HOST": swarm.manager.engine_url,
-            "RESOLVE_IMAGE": "never",
-            "DISABLED_SERVICES": ",".join(disabled),
-            **{v: c.ref for v, c in images.items() if c.ref},
-        }
-        bench = Bench(settings=load_settings(environ=environ), swarm=swarm, workdir=workdir)
+        settings, disabled = swarm_settings(swarm, images, workdir)
+        bench = Bench(settings=settings, swarm=swarm, workdir=workdir)
         log(f"manager {swarm.manager.engine_url}; left out (no image here): {', '.join(disabled)}")
         return bench
     finally:
