@@ -21,6 +21,8 @@ from infra.errors import ConvergeError
 
 # Where a failed update ends: paused, or rolled back (waited for: rollback_started is not yet).
 FAILED_UPDATE_STATES = ("paused", "rollback_paused", "rollback_completed")
+# wait_converged looks every POLL_FAST seconds for the first POLL_FAST_FOR, then every POLL_SLOW.
+POLL_FAST, POLL_FAST_FOR, POLL_SLOW = 0.25, 60.0, 2.0
 
 
 @dataclass(frozen=True)
@@ -160,20 +162,27 @@ def stack_states(client: docker.DockerClient, stack: str) -> list[ServiceState]:
     return sorted(states, key=lambda s: s.name)
 
 
+def poll_interval(elapsed: float) -> float:
+    """Seconds until the next look: often while a deploy usually finishes (a poll costs one
+    API call per service), then less often for the slow ones."""
+    return POLL_FAST if elapsed < POLL_FAST_FOR else POLL_SLOW
+
+
 def wait_converged(
     client: docker.DockerClient,
     stack: str,
     changed: set[str] | None = None,
     timeout: float = 300,
-    interval: float = 2,
     progress: Callable[[str], None] = print,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[ServiceState]:
     """Poll until every service of `stack` has converged; raise ConvergeError on timeout or
     when an update of this deploy failed (paused or rolled back). `changed` names the
     services this deploy updated (None: all); the others may keep an old failed update state
     as long as their tasks run."""
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
     shown: dict[str, str] = {}
     while True:
         states = stack_states(client, stack)
@@ -198,7 +207,7 @@ def wait_converged(
         if failed or clock() >= deadline:
             unconverged = [s for s in states if not s.converged] or states
             raise ConvergeError(_failure_report(client, stack, unconverged, timeout, failed))
-        time.sleep(interval)
+        sleep(poll_interval(clock() - started))
 
 
 def _failure_report(client, stack, states, timeout, failed) -> str:

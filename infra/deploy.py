@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,33 +164,42 @@ def apply(
         if ensure_data_dir(directory):
             result.dirs_created.append(directory.path)
             report(f"data: created {directory.path} (owner {directory.uid}:{directory.gid})")
+    deadline = time.monotonic() + timeout
+    handed_over: list[tuple[StackPlan, list[str]]] = []
     for stack in plan.stacks:
         for obj in stack.secrets:
             if engine.ensure_secret(client, obj):
                 result.secrets_created.append(obj.name)
                 report(f"secret: created {obj.name}")
-        deploy_stack(client, stack, wait=wait, timeout=timeout, report=report, result=result)
-        if wait:  # old versions go only once nothing can roll back to them
-            keep = {obj.name for obj in (*stack.secrets, *stack.configs)}
-            for name in prune_objects(client, stack.name, keep=keep):
-                report(f"stack {stack.name}: pruned {name} (no longer used)")
+        handed_over.append((stack, deploy_stack(client, stack, report=report)))
+    if not wait:
+        return result
+    # Every stack is handed to the engine before waiting on any, so the engine starts them
+    # together: deploying dev takes as long as its slowest service, not core's plus dev's.
+    for stack, changed in handed_over:
+        result.stacks[stack.name] = converge.wait_converged(
+            client,
+            stack.name,
+            changed=set(changed),
+            timeout=max(deadline - time.monotonic(), 1.0),
+            progress=report,
+        )
+        if changed:
+            report(f"stack {stack.name}: converged, {len(changed)} services changed")
+        # Old versions go only once nothing can roll back to them.
+        keep = {obj.name for obj in (*stack.secrets, *stack.configs)}
+        for name in prune_objects(client, stack.name, keep=keep):
+            report(f"stack {stack.name}: pruned {name} (no longer used)")
     return result
 
 
-def deploy_stack(
-    client: docker.DockerClient,
-    stack: StackPlan,
-    wait: bool,
-    timeout: float,
-    report: Report,
-    result: DeployResult,
-) -> list[str]:
+def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) -> list[str]:
     """Deploy only the services whose rendered definition changed (DESIGN decision 3).
 
     The stack is rendered by `docker stack config`; each service is labelled with a hash of
     its rendered definition. Services whose live label already carries that hash are left
     out of the `docker stack deploy`, so a redeploy with nothing changed updates nothing.
-    Returns the names of the services created or updated.
+    Returns the names of the services created, updated or removed; does not wait.
     """
     rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
     for name in stack.disabled:
@@ -221,16 +231,6 @@ def deploy_stack(
         report(f"stack {stack.name}: removed {name} (no longer in the stack)")
     if not changed and not removed:
         report(f"{stack.name}: up to date, 0 services changed")
-    if wait:
-        result.stacks[stack.name] = converge.wait_converged(
-            client,
-            stack.name,
-            changed={f"{stack.name}_{name}" for name in changed},
-            timeout=timeout,
-            progress=report,
-        )
-        if changed or removed:
-            report(f"stack {stack.name}: converged, {len(changed) + len(removed)} services changed")
     return [f"{stack.name}_{name}" for name in changed] + removed
 
 

@@ -152,3 +152,14 @@ def test_stop_waits_for_the_containers_and_keeps_the_data(dev):
         what="dev Postgres after the redeploy",
     )
     assert row == ("survives stop and deploy",)
+
+
+def test_deploy_hands_every_stack_to_the_engine_before_waiting(dev):
+    for stack in ("dev", "core"):
+        deploy.stop(dev.settings, stack, report=lambda _: None, client=dev.client)
+    lines = _apply(dev, "dev")
+    handed_over = [i for i, line in enumerate(lines) if line.startswith("stack dev: deploying")]
+    first_wait = next(i for i, line in enumerate(lines) if line.startswith("  core_"))
+    assert handed_over and handed_over[0] < first_wait, lines
+    assert {s.name for s in engine.stack_services(dev.client, "core")} == {"core_traefik"}
+    assert "stack dev: converged, 2 services changed" in lines, lines
