@@ -101,28 +101,42 @@ def ensure_data_dir(directory: DataDir) -> bool:
 
 
 def check_ports_free(client: docker.DockerClient, plan: Plan, docker_host: str) -> None:
-    """A published port taken by something other than our swarm fails the deploy up front.
-
-    Only meaningful when the engine runs on this machine (a unix socket)."""
-    host = docker_host or os.environ.get("DOCKER_HOST", "")
-    if host and not host.startswith("unix://"):
-        return
+    """A published port taken by something other than a swarm service fails the deploy up
+    front: a container of the engine that publishes it (wherever the engine runs), or, when
+    the engine runs on this machine (a unix socket), any process listening on it."""
     ours = {
         port.get("PublishedPort")
         for service in client.services.list()
         for port in (service.attrs["Spec"].get("EndpointSpec", {}).get("Ports") or [])
     }
+    squatters = {
+        int(binding["HostPort"]): container.name
+        for container in client.containers.list()
+        if "com.docker.swarm.service.id" not in container.labels
+        for bindings in (container.ports or {}).values()
+        for binding in bindings or []
+        if binding.get("HostPort")
+    }
+    host = docker_host or os.environ.get("DOCKER_HOST", "")
+    local = not host or host.startswith("unix://")
     for stack in plan.stacks:
         for name, port in stack.ports.items():
             if port in ours:
                 continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise SettingsError(
-                        f"port {port} ({stack.name} {name}) is already in use on this machine. "
-                        f"Stop what listens there (ss -ltnp 'sport = :{port}') and retry."
-                    )
+            if port in squatters:
+                raise SettingsError(
+                    f"port {port} ({stack.name} {name}) is already published by container "
+                    f"{squatters[port]}. Stop it (docker stop {squatters[port]}) and retry."
+                )
+            if local:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(0.5)
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        raise SettingsError(
+                            f"port {port} ({stack.name} {name}) is already in use on this "
+                            f"machine. Stop what listens there (ss -ltnp 'sport = :{port}') and "
+                            "retry."
+                        )
 
 
 def apply(

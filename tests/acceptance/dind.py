@@ -125,6 +125,40 @@ class DindSwarm:
                     advertise_addr=worker.address,
                 )
 
+    def start_spare(self, timeout: float = 120) -> Node:
+        """One more dind node, outside the swarm (join it with `join_as_worker`); removed with
+        the swarm, or earlier with `remove_spare`."""
+        spares = len(
+            self.outer.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"})
+        )
+        node = self._start_node(spares, publish=False)
+        self._wait_engine(node, time.monotonic() + timeout)
+        return node
+
+    def join_as_worker(self, node: Node) -> str:
+        """Join `node` to the swarm as a drained worker (no task lands on it); its node id."""
+        tokens = self.manager.client.swarm.attrs["JoinTokens"]
+        node.client.swarm.join(
+            remote_addrs=[f"{self.manager.address}:2377"],
+            join_token=tokens["Worker"],
+            advertise_addr=node.address,
+        )
+        node_id = node.client.info()["Swarm"]["NodeID"]
+        member = self.manager.client.nodes.get(node_id)
+        member.update({**member.attrs["Spec"], "Availability": "drain"})
+        return node_id
+
+    def remove_spare(self, node: Node) -> None:
+        node_id = node.client.info()["Swarm"].get("NodeID")
+        with contextlib.suppress(APIError):
+            node.client.swarm.leave(force=True)
+        if node_id:
+            with contextlib.suppress(NotFound, APIError):
+                self.manager.client.nodes.get(node_id).remove(force=True)
+        node.container.remove(force=True, v=True)
+        with contextlib.suppress(NotFound, APIError):
+            self.outer.volumes.get(f"{node.name}-docker").remove(force=True)
+
     def load_images(self, refs: list[str]) -> None:
         """Copy images from this machine's engine into every node (`docker save | load`)."""
         for node in self.nodes:
