@@ -116,13 +116,8 @@ def chain_rules(settings: Settings) -> list[list[str]]:
     rules = [["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"]]
     rules += [["-i", interface, "-j", "RETURN"] for interface in LOCAL_BRIDGES]
     rules += [["-s", str(network), "-j", "RETURN"] for network in settings.firewall_allow]
-    rules += [
-        [
-            "-p", "tcp", "-m", "conntrack", "--ctstate", "DNAT",
-            "--ctorigdstport", str(p.port), "--ctdir", "ORIGINAL", "-j", "DROP",
-        ]  # fmt: skip
-        for p in protected_ports(settings)
-    ]
+    drop = "-p tcp -m conntrack --ctstate DNAT --ctorigdstport {} --ctdir ORIGINAL -j DROP"
+    rules += [drop.format(p.port).split() for p in protected_ports(settings)]
     return rules
 
 
@@ -292,9 +287,7 @@ def _run_all(commands: Sequence[Sequence[str]], run: Run) -> None:
     for command in commands:
         result = run(command)
         if result.returncode != 0:
-            raise FirewallError(
-                f"`{shlex.join(command)}` failed: {_first_line(result.stderr)}"
-            )
+            raise FirewallError(f"`{shlex.join(command)}` failed: {_first_line(result.stderr)}")
 
 
 def _first_line(text: str) -> str:

@@ -25,6 +25,7 @@ STACKS_DIR = REPO_ROOT / "stacks"
 CONFIGS_DIR = REPO_ROOT / "configs"
 DEFAULT_IMAGES_FILE = STACKS_DIR / "images.env"
 
+
 def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
