@@ -46,6 +46,14 @@ class Environment:
     redis: Resources
     redis_maxmemory: str
     redis_appendfsync: str
+    # Default of <ENV>_HOST_PORTS: whether the ports above are published on the node at all.
+    # Swarm publishes on every interface (it cannot bind to 127.0.0.1), so a published
+    # database port is reachable from every network the node is on.
+    host_ports: bool
+
+    @property
+    def host_ports_variable(self) -> str:
+        return f"{self.name.upper()}_HOST_PORTS"
 
     def variables(self) -> dict[str, str]:
         return {
@@ -60,6 +68,7 @@ class Environment:
         }
 
     def published_ports(self) -> dict[str, int]:
+        """The host ports of the table, published only while the host ports are on."""
         ports = {"postgres": self.postgres_port}
         if self.redis_port is not None:
             ports["redis"] = self.redis_port
@@ -70,6 +79,10 @@ _SMALL_POSTGRES = Resources("0.10", "0.50", "256M", "512M")
 _SMALL_REDIS = Resources("0.05", "0.20", "64M", "256M")
 
 # DESIGN.md's per-environment table: the contract inherited from the original platform.
+# Host ports: on for dev, as the original (psql and IDEs on localhost); off for stg and
+# prod, whose data should not be reachable from every interface by default. Applications
+# in the swarm reach every database over its environment's network (tasks.<env>_postgres)
+# either way; turn a port on with <ENV>_HOST_PORTS=on (and see `invoke firewall.plan`).
 ENVIRONMENTS: dict[str, Environment] = {
     "dev": Environment(
         name="dev",
@@ -80,6 +93,7 @@ ENVIRONMENTS: dict[str, Environment] = {
         redis=_SMALL_REDIS,
         redis_maxmemory="128mb",
         redis_appendfsync="everysec",
+        host_ports=True,
     ),
     "stg": Environment(
         name="stg",
@@ -90,6 +104,7 @@ ENVIRONMENTS: dict[str, Environment] = {
         redis=_SMALL_REDIS,
         redis_maxmemory="128mb",
         redis_appendfsync="everysec",
+        host_ports=False,
     ),
     "prod": Environment(
         name="prod",
@@ -100,6 +115,7 @@ ENVIRONMENTS: dict[str, Environment] = {
         redis=Resources("0.10", "0.50", "128M", "512M"),
         redis_maxmemory="256mb",
         redis_appendfsync="everysec",
+        host_ports=False,
     ),
 }
 
@@ -146,7 +162,8 @@ DATA_OWNERS: dict[str, tuple[int, int]] = {
 
 
 def published_ports(stack: str) -> dict[str, int]:
-    """The host ports a stack publishes, by service or entry point name."""
+    """The host ports of a stack's table, by service or entry point name. An environment
+    publishes them only while its host ports are on: see plan.published_ports."""
     if stack == CORE:
         return dict(CORE_PORTS)
     if stack in ENVIRONMENTS:

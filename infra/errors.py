@@ -19,3 +19,7 @@ class EngineError(InfraError):
 
 class ConvergeError(InfraError):
     """A deploy or stop did not reach its goal in time; the message names the services."""
+
+
+class FirewallError(InfraError):
+    """iptables is missing or not ours to change (not Linux, not root), or a rule failed."""

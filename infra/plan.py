@@ -104,19 +104,34 @@ class Plan:
         return tuple(d for stack in self.stacks for d in stack.data_dirs)
 
 
-def stack_files(stack: str, tunnel: bool = True, stacks_dir: Path = STACKS_DIR) -> tuple[Path, ...]:
-    """The compose files of a stack, base file first, overlays after."""
+def stack_files(
+    stack: str, tunnel: bool = True, stacks_dir: Path = STACKS_DIR, host_ports: bool = True
+) -> tuple[Path, ...]:
+    """The compose files of a stack, base file first, overlays after. An environment's port
+    overlays are left out when its host ports are off (<ENV>_HOST_PORTS=off)."""
     if stack == CORE:
         names = ["core.yml"] + (["core.tunnel.yml"] if tunnel else [])
     elif stack in ENVIRONMENTS:
         env = ENVIRONMENTS[stack]
-        names = ["env.yml", "env.postgres-port.yml"]
-        names += ["env.redis-port.yml"] if env.redis_port is not None else []
+        names = ["env.yml"]
+        if host_ports:
+            names += ["env.postgres-port.yml"]
+            names += ["env.redis-port.yml"] if env.redis_port is not None else []
     elif stack in (SHARED, RUNNER):
         names = [f"{stack}.yml"]
     else:
         raise SettingsError(f"unknown stack {stack!r}. Valid: {', '.join(catalog.STACKS)}.")
     return tuple(stacks_dir / name for name in names)
+
+
+def host_ports(stack: str, settings: Settings) -> bool:
+    """False only for an environment whose <ENV>_HOST_PORTS is off."""
+    return settings.host_ports(stack) if stack in ENVIRONMENTS else True
+
+
+def published_ports(stack: str, settings: Settings) -> dict[str, int]:
+    """The host ports a stack publishes with these settings, by service or entry point."""
+    return catalog.published_ports(stack) if host_ports(stack, settings) else {}
 
 
 def stack_variables(stack: str, settings: Settings) -> dict[str, str]:
@@ -169,7 +184,7 @@ def plan_stack(
 ) -> StackPlan:
     """What deploying one stack needs. Without secret values (secrets.yml not yet generated),
     secret names carry a placeholder hash."""
-    files = stack_files(stack, tunnel, settings.stacks_dir)
+    files = stack_files(stack, tunnel, settings.stacks_dir, host_ports(stack, settings))
     variables = stack_variables(stack, settings)
     secrets: dict[str, DockerObject] = {}
     configs: dict[str, DockerObject] = {}
@@ -241,7 +256,7 @@ def plan_stack(
         secrets=tuple(secrets.values()),
         configs=tuple(configs.values()),
         data_dirs=tuple(data_dirs.values()),
-        ports=catalog.published_ports(stack),
+        ports=published_ports(stack, settings),
         resolve_image=settings.get("RESOLVE_IMAGE") or "changed",
         disabled=disabled,
     )

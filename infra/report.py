@@ -11,7 +11,7 @@ import docker
 
 from infra import converge, engine
 from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
-from infra.plan import Plan, StackPlan
+from infra.plan import Plan, StackPlan, published_ports
 from infra.settings import Settings
 
 
@@ -33,6 +33,9 @@ def _stack_lines(stack: StackPlan, root: Path) -> list[str]:
     lines += [f"  secret      {s.name}" for s in stack.secrets]
     lines += [f"  config      {c.name}  <- {c.source}" for c in stack.configs]
     lines += [f"  port        {port} ({name}, host mode)" for name, port in stack.ports.items()]
+    if stack.name in ENVIRONMENTS and not stack.ports:
+        variable = ENVIRONMENTS[stack.name].host_ports_variable
+        lines.append(f"  port        none ({variable}=off: reachable inside the swarm only)")
     render = shlex.join(stack.config_command()).replace(f"{root}/", "")
     deploy = shlex.join(stack.deploy_command())
     lines.append(f"  command     {render} | (changed services only) {deploy}")
@@ -54,13 +57,20 @@ def access_info(settings: Settings, stacks: tuple[str, ...], values: dict[str, s
             env = ENVIRONMENTS[stack]
             user = values.get(f"{stack}_postgres_user") if values else "<user>"
             db = values.get(f"{stack}_postgres_db") if values else "<db>"
-            lines.append(
-                f"{stack:<8} postgres postgresql://{user}@localhost:{env.postgres_port}/{db}"
+            ports = published_ports(stack, settings)
+            inside = "inside the swarm only" + (
+                "" if settings.host_ports(stack) else f"; {env.host_ports_variable}=off"
             )
+            postgres = (
+                f"postgresql://{user}@localhost:{ports['postgres']}/{db}"
+                if "postgres" in ports
+                else f"postgresql://{user}@tasks.{stack}_postgres:5432/{db} ({inside})"
+            )
+            lines.append(f"{stack:<8} postgres {postgres}")
             redis = (
-                f"localhost:{env.redis_port}"
-                if env.redis_port
-                else f"tasks.{stack}_redis:6379 (inside the swarm only)"
+                f"localhost:{ports['redis']}"
+                if "redis" in ports
+                else f"tasks.{stack}_redis:6379 ({inside})"
             )
             lines.append(f"         redis    {redis}")
             lines.append(f"         tunnel   https://{settings.domain(stack)}")

@@ -8,6 +8,7 @@ task works from any directory (DESIGN decision 5).
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO_ROOT / "stacks"
 CONFIGS_DIR = REPO_ROOT / "configs"
 DEFAULT_IMAGES_FILE = STACKS_DIR / "images.env"
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+_ON_OFF = ("on", "off")
 
 # Every variable the original platform's .env knew, plus DATA_ROOT, with its default.
 # None marks a value that has no default and is needed only by some commands.
@@ -41,6 +49,9 @@ DEFAULTS: dict[str, str | None] = {
     "RESOLVE_IMAGE": "changed",  # docker stack deploy --resolve-image
     "DOCKER_HOST": None,  # the swarm manager's engine; default: the local socket
     "DISABLED_SERVICES": "",  # e.g. shared_n8n,shared_cadvisor: left out of every deploy
+    # DEV_HOST_PORTS, STG_HOST_PORTS, PROD_HOST_PORTS: on|off, defaults from the catalog
+    **{env.host_ports_variable: _on_off(env.host_ports) for env in ENVIRONMENTS.values()},
+    "FIREWALL_ALLOW": "",  # networks (CIDRs) `invoke firewall.apply` lets reach the ports
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -86,6 +97,14 @@ class Settings:
     @property
     def disabled_services(self) -> frozenset[str]:
         return frozenset(n.strip() for n in self.get("DISABLED_SERVICES").split(",") if n.strip())
+
+    def host_ports(self, environment: str) -> bool:
+        """Whether the environment's Postgres and Redis ports are published on the node."""
+        return self.get(ENVIRONMENTS[environment].host_ports_variable).lower() == "on"
+
+    @property
+    def firewall_allow(self) -> tuple[ipaddress.IPv4Network, ...]:
+        return parse_networks(self.get("FIREWALL_ALLOW"))
 
     @property
     def runner_replicas(self) -> int:
@@ -197,6 +216,14 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
             f"RESOLVE_IMAGE={values['RESOLVE_IMAGE']!r}{where} is not valid. "
             f"Valid: {', '.join(_RESOLVE_IMAGE)}."
         )
+    for env in ENVIRONMENTS.values():
+        name = env.host_ports_variable
+        if values[name].lower() not in _ON_OFF:
+            raise SettingsError(
+                f"{name}={values[name]!r}{where} is not valid. Valid: on, off "
+                f"(default {_on_off(env.host_ports)})."
+            )
+    parse_networks(values["FIREWALL_ALLOW"], where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
@@ -204,6 +231,37 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"DOMAIN_{env.upper()}={domain!r}{where} is not a host name. "
                 "Write it like app.example.com."
             )
+
+
+def parse_networks(value: str, where: str = "") -> tuple[ipaddress.IPv4Network, ...]:
+    """FIREWALL_ALLOW: comma-separated IPv4 networks (10.0.0.0/8) or addresses (192.0.2.7)."""
+    networks = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            network = ipaddress.ip_network(item, strict=True)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"FIREWALL_ALLOW{where} has {item!r}, which is not a network. "
+                    "Write networks like 10.0.0.0/8 or addresses like 192.0.2.7, "
+                    "separated by commas."
+                ) from None
+            raise SettingsError(
+                f"FIREWALL_ALLOW{where} has {item!r}, which has host bits set. "
+                f"Did you mean {loose}?"
+            ) from None
+        if network.version != 4:
+            raise SettingsError(
+                f"FIREWALL_ALLOW{where} has {item!r}, an IPv6 network: the firewall filters "
+                "IPv4 only (see README, Host ports and the firewall). Remove it."
+            )
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
 
 
 def _absolute(root: Path, value: str) -> Path:

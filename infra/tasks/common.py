@@ -25,6 +25,7 @@ HELP = {
     "follow": "keep printing new log lines",
     "tail": "how many past lines to show (default 100)",
     "target": f"one of: {', '.join(STACKS)}, all",
+    "firewall_dry_run": "print the iptables commands and change nothing (= firewall.plan)",
 }
 
 

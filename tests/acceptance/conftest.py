@@ -79,6 +79,8 @@ def swarm_settings(
         "DOCKER_HOST": swarm.manager.engine_url,
         "RESOLVE_IMAGE": "never",
         "DISABLED_SERVICES": ",".join(disabled),
+        # The suite checks every port of the table, also those stg and prod keep off by default.
+        **{env.host_ports_variable: "on" for env in ENVIRONMENTS.values()},
         **{v: c.ref for v, c in images.items() if c.ref},
     }
     return load_settings(environ=environ), disabled

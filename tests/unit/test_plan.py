@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 
 from infra import plan as planning
-from infra.catalog import DATA_OWNERS, ENVIRONMENTS, STACKS
+from infra.catalog import CORE_PORTS, DATA_OWNERS, ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
 from infra.secrets import generate_values, with_env_tokens
+from infra.settings import REPO_ROOT, load_settings
 
 ALL_STACKS = list(STACKS)
 
@@ -61,6 +62,40 @@ def test_environments_use_their_own_postgres_config(settings, values):
 )
 def test_port_overlays_follow_the_environment_table(env, overlays):
     assert [p.name for p in planning.stack_files(env)] == ["env.yml", *overlays]
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_host_ports_off_leaves_out_the_port_overlays(env):
+    assert [p.name for p in planning.stack_files(env, host_ports=False)] == ["env.yml"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "env", "ports"),
+    [
+        (None, None, "dev", {"postgres": 5432, "redis": 6379}),
+        (None, None, "stg", {}),
+        (None, None, "prod", {}),
+        ("DEV_HOST_PORTS", "off", "dev", {}),
+        ("STG_HOST_PORTS", "on", "stg", {"postgres": 5433}),
+        ("PROD_HOST_PORTS", "ON", "prod", {"postgres": 5434, "redis": 6381}),
+    ],
+    ids=["dev-default", "stg-default", "prod-default", "dev-off", "stg-on", "prod-on"],
+)
+def test_plan_publishes_ports_by_the_host_ports_setting(
+    environ, values, variable, value, env, ports
+):
+    extra = {variable: value} if variable else {}
+    settings = load_settings(REPO_ROOT, {**environ, **extra})
+    stack = planning.plan_stack(env, settings, values)
+    assert dict(stack.ports) == ports
+    overlays = [p.name for p in stack.files if p.name.endswith("-port.yml")]
+    assert bool(overlays) == bool(ports)
+
+
+def test_core_publishes_its_ports_whatever_the_environments_say(environ, values):
+    off = {e.host_ports_variable: "off" for e in ENVIRONMENTS.values()}
+    settings = load_settings(REPO_ROOT, {**environ, **off})
+    assert planning.plan_stack("core", settings, values).ports == CORE_PORTS
 
 
 def test_core_without_tunnel_leaves_out_cloudflared():

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.catalog import ENVIRONMENTS
 from infra.errors import SettingsError
 from infra.settings import (
     DEFAULT_IMAGES_FILE,
@@ -67,8 +68,20 @@ def test_malformed_env_line_names_the_line_and_not_its_content(tmp_path, line):
         ("RUNNER_REPLICAS", "0"),
         ("DOMAIN_STG", "https://stg.example.com"),
         ("RESOLVE_IMAGE", "sometimes"),
+        ("DEV_HOST_PORTS", "yes"),
+        ("PROD_HOST_PORTS", ""),
+        ("FIREWALL_ALLOW", "10.0.0.0/8,lan"),
     ],
-    ids=["project-name", "replicas-word", "replicas-zero", "domain-url", "resolve-image"],
+    ids=[
+        "project-name",
+        "replicas-word",
+        "replicas-zero",
+        "domain-url",
+        "resolve-image",
+        "host-ports-yes",
+        "host-ports-empty",
+        "firewall-allow",
+    ],
 )
 def test_invalid_setting_is_refused_with_its_name(environ, name, value):
     with pytest.raises(SettingsError, match=name):
@@ -111,3 +124,23 @@ def test_bad_images_file_is_refused(tmp_path, environ, content):
 def test_unknown_environment_lists_the_valid_ones(name):
     with pytest.raises(SettingsError, match="Valid: dev, stg, prod"):
         check_target(name, ("dev", "stg", "prod"))
+
+
+def test_host_ports_default_to_the_catalog(settings):
+    assert {env: settings.host_ports(env) for env in ENVIRONMENTS} == {
+        env: spec.host_ports for env, spec in ENVIRONMENTS.items()
+    }
+    assert settings.host_ports("dev") and not settings.host_ports("prod")
+
+
+def test_host_ports_setting_is_read_from_the_env_file(environ):
+    Path(environ["ENV_FILE"]).write_text("DEV_HOST_PORTS=off\nPROD_HOST_PORTS=on\n")
+    settings = load_settings(REPO_ROOT, environ)
+    assert not settings.host_ports("dev")
+    assert settings.host_ports("prod")
+
+
+def test_bad_host_ports_value_says_what_is_valid(environ):
+    with pytest.raises(SettingsError) as error:
+        load_settings(REPO_ROOT, {**environ, "STG_HOST_PORTS": "true"})
+    assert str(error.value) == "STG_HOST_PORTS='true' is not valid. Valid: on, off (default off)."

@@ -12,8 +12,10 @@ from infra import engine
 from infra import plan as planning
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.secrets import DOCKER_SECRETS, generate_values
+from infra.settings import REPO_ROOT, load_settings
 
 # DESIGN.md's per-environment table, written out here on purpose: the catalog must match it.
+# An environment publishes its ports only while <ENV>_HOST_PORTS is on.
 DESIGN_PORTS = {
     "core": {80, 443, 8080},
     "dev": {5432, 6379},
@@ -59,6 +61,13 @@ def values(settings):
     }
 
 
+@pytest.fixture
+def ports_on(environ):
+    """Settings with every environment's host ports on: the whole table published."""
+    on = {env.host_ports_variable: "on" for env in ENVIRONMENTS.values()}
+    return load_settings(REPO_ROOT, {**environ, **on})
+
+
 @pytest.fixture(params=list(STACKS))
 def rendered(request, settings, values):
     stack = planning.plan_stack(request.param, settings, values)
@@ -84,18 +93,48 @@ def test_every_image_comes_pinned_from_the_image_file(rendered, settings):
         assert service["image"] in settings.images.values(), f"{stack.name}_{name}"
 
 
-def test_published_ports_are_host_mode_and_match_design(rendered):
-    stack, config = rendered
+def _published(stack, config) -> set[int]:
     published = set()
     for name, service in config["services"].items():
         for port in service.get("ports", []):
             assert port["mode"] == "host", f"{stack.name}_{name} publishes {port} via ingress"
             published.add(int(port["published"]))
-    assert published == DESIGN_PORTS[stack.name]
+    return published
 
 
-def test_stg_redis_publishes_nothing(settings, values):
-    stack = planning.plan_stack("stg", settings, values)
+@pytest.mark.parametrize("name", list(STACKS))
+def test_published_ports_are_host_mode_and_match_design(ports_on, values, name):
+    stack = planning.plan_stack(name, ports_on, values)
+    config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    assert _published(stack, config) == DESIGN_PORTS[name]
+    assert set(stack.ports.values()) == DESIGN_PORTS[name]
+
+
+def test_by_default_only_dev_publishes_database_ports(settings, values):
+    published = {}
+    for name in ENVIRONMENTS:
+        stack = planning.plan_stack(name, settings, values)
+        config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+        published[name] = _published(stack, config)
+    assert published == {"dev": DESIGN_PORTS["dev"], "stg": set(), "prod": set()}
+
+
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_host_ports_setting_decides_what_the_rendered_stack_publishes(
+    environ, values, env, setting
+):
+    variable = ENVIRONMENTS[env].host_ports_variable
+    settings = load_settings(REPO_ROOT, {**environ, variable: setting})
+    stack = planning.plan_stack(env, settings, values)
+    config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    expected = DESIGN_PORTS[env] if setting == "on" else set()
+    assert _published(stack, config) == expected
+    assert set(stack.ports.values()) == expected
+
+
+def test_stg_redis_publishes_nothing(ports_on, values):
+    stack = planning.plan_stack("stg", ports_on, values)
     config = engine.render_stack([str(p) for p in stack.files], stack.variables)
     assert "ports" not in config["services"]["redis"]
 

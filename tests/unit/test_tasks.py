@@ -57,6 +57,9 @@ def test_list_shows_every_namespace(operator_env):
         "stop.all",
         "status",
         "logs",
+        "firewall.plan",
+        "firewall.apply",
+        "firewall.remove",
     ]:
         assert name in result.stdout, name
 
@@ -70,13 +73,68 @@ def test_dry_run_prints_the_plan_without_a_daemon(operator_env, tmp_path):
     assert "stg_postgres_password-" in out and "<new>" not in out
     assert "stg_postgres_conf-" in out and "configs/postgres/postgresql.conf" in out
     assert f"{operator_env['DATA_ROOT']}/stg/postgres  owner 999:999" in out
-    assert "docker stack config -c stacks/env.yml -c stacks/env.postgres-port.yml" in out
+    # stg's host ports are off by default: no port overlay, no port, and the plan says so
+    assert "docker stack config -c stacks/env.yml | " in out
+    assert "port        none (STG_HOST_PORTS=off" in out
     assert out.rstrip().endswith("docker stack deploy --resolve-image=changed -c - stg")
     assert not Path(operator_env["DATA_ROOT"]).exists()
     values = yaml.safe_load(Path(operator_env["SECRETS_FILE"]).read_text())
     for key, value in values.items():
         if key.endswith(("password", "secret_key", "encryption_key", "htpasswd")):
             assert value not in out + result.stderr, key
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "ports"),
+    [
+        ("dev", None, ["5432 (postgres", "6379 (redis"]),
+        ("dev", "off", []),
+        ("prod", None, []),
+        ("prod", "on", ["5434 (postgres", "6381 (redis"]),
+    ],
+    ids=["dev-default", "dev-off", "prod-default", "prod-on"],
+)
+def test_dry_run_shows_the_ports_the_host_ports_setting_publishes(
+    operator_env, env, setting, ports
+):
+    if setting:
+        operator_env[f"{env.upper()}_HOST_PORTS"] = setting
+    result = run(["deploy.env", f"--name={env}", "--dry-run"], operator_env)
+    assert result.returncode == 0, result.stderr
+    stack = result.stdout.split(f"stack {env}\n", 1)[1]
+    published = [line.split(None, 1)[1] for line in stack.splitlines() if "  port  " in line]
+    if ports:
+        assert [p for p in ports if not any(line.startswith(p) for line in published)] == []
+        assert "-c stacks/env.postgres-port.yml" in stack
+    else:
+        assert published == [
+            f"none ({env.upper()}_HOST_PORTS=off: reachable inside the swarm only)"
+        ]
+        assert "-port.yml" not in stack
+
+
+def test_bad_host_ports_value_is_one_line(operator_env):
+    operator_env["PROD_HOST_PORTS"] = "maybe"
+    line = one_line_failure(run(["deploy.env", "--name=prod", "--dry-run"], operator_env))
+    assert "PROD_HOST_PORTS='maybe'" in line and "Valid: on, off" in line
+    assert nothing_changed(operator_env)
+
+
+def test_firewall_plan_needs_no_daemon_and_lists_the_published_ports(operator_env):
+    operator_env["FIREWALL_ALLOW"] = "192.0.2.0/24"
+    operator_env["STG_HOST_PORTS"] = "on"
+    result = run(["firewall.plan"], operator_env)
+    assert result.returncode == 0, result.stderr
+    drops = [line for line in result.stdout.splitlines() if line.endswith("-j DROP")]
+    ports = sorted(int(line.split("--ctorigdstport ")[1].split()[0]) for line in drops)
+    assert ports == [80, 443, 5432, 5433, 6379, 8080]
+    assert "iptables -w -A NEXTCANDLE -s 192.0.2.0/24 -j RETURN" in result.stdout
+
+
+def test_bad_firewall_network_is_one_line(operator_env):
+    operator_env["FIREWALL_ALLOW"] = "10.0.0.1/8"
+    line = one_line_failure(run(["firewall.plan"], operator_env))
+    assert "'10.0.0.1/8'" in line and "Did you mean 10.0.0.0/8?" in line
 
 
 def test_dry_run_before_secrets_exist_says_they_will_be_generated(operator_env):
