@@ -79,6 +79,14 @@ def image_latest(env, tmp):
     env["IMAGES_FILE"] = str(path)
 
 
+def host_ports_word(env, tmp):
+    _env_file(env, "STG_HOST_PORTS=true\n")
+
+
+def firewall_address(env, tmp):
+    _env_file(env, "FIREWALL_ALLOW=10.0.0.1/8\n")
+
+
 def secrets_bad_yaml(env, tmp):
     path = Path(env["SECRETS_FILE"])
     path.parent.mkdir(parents=True)
@@ -121,6 +129,8 @@ SCENARIOS: dict[int, Scenario] = {
     15: secrets_readable,
     16: data_root_in_a_file,
     17: no_setup,  # DOCKER_HOST points at a socket nobody listens on
+    22: host_ports_word,
+    23: firewall_address,
 }
 
 
