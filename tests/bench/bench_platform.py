@@ -4,7 +4,7 @@ Prints figures and asserts nothing (project issue 5, point 7). Each measure runs
 process, on the same engine, next to its plain docker equivalent:
 
 1. deploy to converged: `infra.deploy.apply(settings, "core" | "dev", tunnel=False)` (dev
-   deploys core first) versus `docker stack deploy --detach=false` of the same rendered files
+   hands core and dev to the engine, then waits on both) versus `docker stack deploy --detach=false` of the same rendered files
    (core, then dev). Every stack is removed before each run: each run starts from none, with
    the networks, secrets and data directories of the first deploy. Median of --repeat.
 2. no-op redeploy of dev right after: seconds and the number of services whose version index
@@ -78,7 +78,7 @@ PHASES: dict[str, tuple[tuple[object, str], ...]] = {
     "secrets (ensure each)": ((engine, "ensure_secret"),),
     "render (docker stack config)": ((engine, "render_stack"),),
     "docker stack deploy": ((engine, "docker_cli"),),
-    "wait converged (polls every 2 s)": ((converge, "wait_converged"),),
+    "wait converged (polls every 0.25 s)": ((converge, "wait_converged"),),
     "prune unused secrets/configs": ((deploy, "prune_objects"),),
 }
 
@@ -509,8 +509,8 @@ def table(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
     for label, key, way in (
         ("deploy core, vs --detach=false", "core", "plain"),
         ("deploy core, vs detached + poll", "core", "detached"),
-        ("deploy dev (core first), vs --detach=false", "dev", "plain"),
-        ("deploy dev (core first), vs detached + poll", "dev", "detached"),
+        ("deploy dev (with core), vs --detach=false", "dev", "plain"),
+        ("deploy dev (with core), vs detached + poll", "dev", "detached"),
     ):
         mine, theirs = fig(f"{key} ours"), fig(f"{key} {way}")
         rows.append(
