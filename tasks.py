@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from infra.tasks import deploy, logs, status, stop, swarm
+from infra.tasks import backup, deploy, logs, restore, status, stop, swarm
 from infra.tasks import secrets_ as secrets
 
 ns = Collection()
@@ -10,6 +10,8 @@ ns.add_collection(Collection.from_module(swarm), "swarm")
 ns.add_collection(Collection.from_module(secrets), "secrets")
 ns.add_collection(Collection.from_module(deploy), "deploy")
 ns.add_collection(Collection.from_module(stop), "stop")
+ns.add_collection(Collection.from_module(backup), "backup")
+ns.add_collection(Collection.from_module(restore), "restore")
 ns.add_task(status.status, "status")
 ns.add_task(logs.logs, "logs")
 ns.configure({"run": {"echo": False}})

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, str | None] = {
     "RESOLVE_IMAGE": "changed",  # docker stack deploy --resolve-image
     "DOCKER_HOST": None,  # the swarm manager's engine; default: the local socket
     "DISABLED_SERVICES": "",  # e.g. shared_n8n,shared_cadvisor: left out of every deploy
+    "BACKUP_ROOT": None,  # <repo>/.backups
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -56,6 +57,7 @@ class Settings:
     data_root: Path
     secrets_file: Path
     env_file: Path | None = field(default=None)
+    backup_root: Path | None = field(default=None)  # None: <root>/.backups
 
     def get(self, name: str) -> str:
         return self.values.get(name, "")
@@ -63,6 +65,11 @@ class Settings:
     @property
     def stacks_dir(self) -> Path:
         return self.root / "stacks"
+
+    @property
+    def backups(self) -> Path:
+        """BACKUP_ROOT: where `invoke backup.*` writes (absolute)."""
+        return self.backup_root or self.root / ".backups"
 
     @property
     def project_name(self) -> str:
@@ -148,6 +155,7 @@ def load_settings(root: Path = REPO_ROOT, environ: Mapping[str, str] | None = No
     images = load_images(root, values, environ)
     data_root = _absolute(root, values["DATA_ROOT"] or ".data")
     secrets_file = _absolute(root, values["SECRETS_FILE"] or "secrets/secrets.yml")
+    backup_root = _absolute(root, values["BACKUP_ROOT"] or ".backups")
     return Settings(
         root=root,
         values=values,
@@ -155,6 +163,7 @@ def load_settings(root: Path = REPO_ROOT, environ: Mapping[str, str] | None = No
         data_root=data_root,
         secrets_file=secrets_file,
         env_file=env_file if env_file.exists() else None,
+        backup_root=backup_root,
     )
 
 
