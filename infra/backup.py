@@ -654,13 +654,14 @@ def restore_redis(
 ) -> Path:
     """Stop Redis, move its data directory aside, install the RDB as the AOF base, start it.
     Returns where the previous data went."""
-    service = client.services.get(f"{target}_redis")
+    service = f"{target}_redis"
     data_dir = settings.data_root / target / "redis"
     moved_aside = data_dir.with_name(f"redis.before-restore-{stamp()}")
+    replicas = client.api.inspect_service(service)["Spec"]["Mode"]["Replicated"]["Replicas"]
     report(f"restore {target}: stopping {target}_redis")
-    service.scale(0)
+    scale(client, service, 0)
     try:
-        _wait_no_containers(client, f"{target}_redis", timeout)
+        _wait_no_containers(client, service, timeout)
         info = data_dir.stat()
         data_dir.rename(moved_aside)
         report(f"restore {target}: previous Redis data moved to {moved_aside}")
@@ -675,9 +676,23 @@ def restore_redis(
                 os.chown(path, info.st_uid, info.st_gid)
     finally:
         report(f"restore {target}: starting {target}_redis")
-        client.services.get(f"{target}_redis").scale(1)
+        scale(client, service, replicas)
     converge.wait_converged(client, target, changed=set(), timeout=timeout, progress=report)
     return moved_aside
+
+
+def scale(client, service: str, replicas: int) -> None:
+    """Set a replicated service's replica count and nothing else.
+
+    The live spec goes back to the engine as it is, with only Mode changed (as `docker
+    service scale` does): the SDK's Service.scale rebuilds the task template from its own
+    defaults, which would differ from what the deploy made."""
+    attrs = client.api.inspect_service(service)
+    spec = attrs["Spec"]
+    spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+    url = client.api._url("/services/{0}/update", attrs["ID"])
+    response = client.api._post_json(url, data=spec, params={"version": attrs["Version"]["Index"]})
+    client.api._raise_for_status(response)
 
 
 def _wait_no_containers(client, service: str, timeout: float) -> None:
