@@ -21,6 +21,7 @@ import pytest
 import redis
 from botocore.client import Config
 
+from infra import backup, converge
 from infra.catalog import CORE_PORTS, ENVIRONMENTS
 from infra.settings import REPO_ROOT
 
@@ -178,6 +179,7 @@ def round_trip(platform):
 
     restored = invoke(platform, "restore.env", "--name=stg", f"--from={source}")
     assert restored.returncode == 0, restored.stdout + restored.stderr
+    print(made.stdout, restored.stdout, sep="\n")  # shown with -s, or when a test fails
     return {
         "source": source,
         "backup_output": made.stdout,
@@ -226,13 +228,32 @@ def test_stg_holds_prods_redis_keys_after_the_restore(platform, round_trip):
     assert redis_state(platform, "stg") == PROD_KEYS
 
 
-def test_redis_still_persists_after_the_restore(platform, round_trip):
-    """The restored Redis runs with its append-only file: a write survives a restart."""
+def test_restored_redis_keeps_its_keys_and_new_writes_across_a_restart(platform, round_trip):
+    """The restored data is the base of Redis's append-only file, and new writes append to
+    it: both survive a stop and start."""
     password = platform.secrets()["stg_redis_password"]
-    config = _redis_container(platform, "stg").exec_run(
-        ["redis-cli", "CONFIG", "GET", "appendonly"], environment={"REDISCLI_AUTH": password}
+    auth = {"REDISCLI_AUTH": password}
+    container = _redis_container(platform, "stg")
+    appendonly = container.exec_run(["redis-cli", "CONFIG", "GET", "appendonly"], environment=auth)
+    assert b"yes" in appendonly.output
+    key = "backup:after-restore"
+    written = container.exec_run(["redis-cli", "SET", key, "new"], environment=auth)
+    assert written.exit_code == 0, written.output
+    backup.scale(platform.client, "stg_redis", 0)
+    platform.wait_for(
+        lambda: not platform.client.containers.list(
+            filters={"label": "com.docker.swarm.service.name=stg_redis"}
+        ),
+        what="stg_redis to stop",
     )
-    assert b"yes" in config.output
+    backup.scale(platform.client, "stg_redis", 1)
+    converge.wait_converged(platform.client, "stg", changed=set(), timeout=300, progress=print)
+    try:
+        assert redis_state(platform, "stg") == {**PROD_KEYS, "backup:after-restore": b"new"}
+    finally:
+        _redis_container(platform, "stg").exec_run(
+            ["redis-cli", "DEL", "backup:after-restore"], environment=auth
+        )
 
 
 def test_restore_kept_stgs_previous_data(platform, round_trip):
