@@ -52,6 +52,7 @@ DEFAULTS: dict[str, str | None] = {
     # DEV_HOST_PORTS, STG_HOST_PORTS, PROD_HOST_PORTS: on|off, defaults from the catalog
     **{env.host_ports_variable: _on_off(env.host_ports) for env in ENVIRONMENTS.values()},
     "FIREWALL_ALLOW": "",  # networks (CIDRs) `invoke firewall.apply` lets reach the ports
+    "BACKUP_ROOT": None,  # <repo>/.backups
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -67,6 +68,7 @@ class Settings:
     data_root: Path
     secrets_file: Path
     env_file: Path | None = field(default=None)
+    backup_root: Path | None = field(default=None)  # None: <root>/.backups
 
     def get(self, name: str) -> str:
         return self.values.get(name, "")
@@ -74,6 +76,11 @@ class Settings:
     @property
     def stacks_dir(self) -> Path:
         return self.root / "stacks"
+
+    @property
+    def backups(self) -> Path:
+        """BACKUP_ROOT: where `invoke backup.*` writes (absolute)."""
+        return self.backup_root or self.root / ".backups"
 
     @property
     def project_name(self) -> str:
@@ -167,6 +174,7 @@ def load_settings(root: Path = REPO_ROOT, environ: Mapping[str, str] | None = No
     images = load_images(root, values, environ)
     data_root = _absolute(root, values["DATA_ROOT"] or ".data")
     secrets_file = _absolute(root, values["SECRETS_FILE"] or "secrets/secrets.yml")
+    backup_root = _absolute(root, values["BACKUP_ROOT"] or ".backups")
     return Settings(
         root=root,
         values=values,
@@ -174,6 +182,7 @@ def load_settings(root: Path = REPO_ROOT, environ: Mapping[str, str] | None = No
         data_root=data_root,
         secrets_file=secrets_file,
         env_file=env_file if env_file.exists() else None,
+        backup_root=backup_root,
     )
 
 

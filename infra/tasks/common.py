@@ -44,3 +44,10 @@ def operator_errors(task_body: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit(f"error: {exc}", code=1) from None
 
     return wrapper
+
+HELP.update(
+    {
+        "backup_from": "the backup directory to restore, as `invoke backup.env` printed it",
+        "yes": "confirm a restore into prod (it replaces prod's database and Redis data)",
+    }
+)
