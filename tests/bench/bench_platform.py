@@ -4,9 +4,10 @@ Prints figures and asserts nothing (project issue 5, point 7). Each measure runs
 process, on the same engine, next to its plain docker equivalent:
 
 1. deploy to converged: `infra.deploy.apply(settings, "core" | "dev", tunnel=False)` (dev
-   hands core and dev to the engine, then waits on both) versus `docker stack deploy --detach=false` of the same rendered files
-   (core, then dev). Every stack is removed before each run: each run starts from none, with
-   the networks, secrets and data directories of the first deploy. Median of --repeat.
+   hands core and dev to the engine, then waits on both) versus
+   `docker stack deploy --detach=false` of the same rendered files (core, then dev). Every
+   stack is removed before each run: each run starts from none, with the networks, secrets
+   and data directories of the first deploy. Median of --repeat.
 2. no-op redeploy of dev right after: seconds and the number of services whose version index
    changed (core's and dev's), for `apply` and for the same `docker stack deploy` again.
 3. `invoke status` (subprocess) versus `docker service ls`, with every stack that has images
