@@ -43,8 +43,12 @@ class Mistake:
 
 
 def _cell(text: str) -> str:
+    """A cell's text without its code-span backticks (``double`` when it holds a backtick)."""
     text = text.strip()
-    return text[1:-1] if text.startswith("`") and text.endswith("`") else text
+    for fence in ("`` ", "`"):
+        if text.startswith(fence) and text.endswith(fence[::-1]):
+            return text[len(fence) : -len(fence)]
+    return text
 
 
 def read_table(readme: Path = README) -> dict[int, Mistake]:

@@ -19,6 +19,7 @@ import yaml
 
 from tests.acceptance.test_mistakes import SCENARIOS as SWARM_SCENARIOS
 from tests.operator_mistakes import INVOKE, answer_of, read_table, run
+from tests.unit.test_backup import make_backup
 
 ROWS = read_table()
 Scenario = Callable[[dict[str, str], Path], None]
@@ -87,6 +88,21 @@ def firewall_address(env, tmp):
     _env_file(env, "FIREWALL_ALLOW=10.0.0.1/8\n")
 
 
+def _backup(tmp: Path) -> Path:
+    return make_backup(tmp / "backups" / "prod" / "20261126T151500Z")
+
+
+def damaged_backup(env, tmp):
+    dump = _backup(tmp) / "postgres.dump"
+    content = bytearray(dump.read_bytes())
+    content[-1] ^= 0xFF
+    dump.write_bytes(bytes(content))
+
+
+def good_backup(env, tmp):
+    _backup(tmp)
+
+
 def secrets_bad_yaml(env, tmp):
     path = Path(env["SECRETS_FILE"])
     path.parent.mkdir(parents=True)
@@ -131,6 +147,9 @@ SCENARIOS: dict[int, Scenario] = {
     17: no_setup,  # DOCKER_HOST points at a socket nobody listens on
     22: host_ports_word,
     23: firewall_address,
+    24: no_setup,
+    25: damaged_backup,
+    26: good_backup,
 }
 
 
@@ -142,6 +161,7 @@ def operator_env(tmp_path):
         DATA_ROOT=str(tmp_path / "data"),
         SECRETS_FILE=str(tmp_path / "secrets" / "secrets.yml"),
         DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock",
+        BACKUP_ROOT=str(tmp_path / "backups"),
     )
     _env_file(env, "PROJECT_NAME=nextcandle\nCLOUDFLARE_TUNNEL_TOKEN=tunnel-token-for-tests\n")
     return env
