@@ -3,7 +3,7 @@ and what has no login of its own is not routed on a public host name."""
 
 from __future__ import annotations
 
-import shlex
+import contextlib
 
 import pytest
 import requests
@@ -30,22 +30,48 @@ def _task_addresses(platform, service: str) -> list[str]:
     ]
 
 
+# Each check prints `<name>=0` when Postgres or Redis itself answered: pg_isready exits 0
+# (accepting) or 1 (rejecting) only when a server spoke its protocol, and Redis replies to
+# PING with +PONG or -NOAUTH. A bare TCP connect would not do: packets to an address that is
+# not on the probe's overlay leave through docker_gwbridge, where anything may accept them.
+PROBE_FUNCTIONS = r"""
+check() { name=$1; shift; "$@" >/dev/null 2>&1; echo "$name=$?"; }
+postgres_answers() { pg_isready -q -h "$1" -p 5432 -t 5; [ $? -le 1 ]; }
+redis_answers() {
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/6379" && printf "PING\r\n" >&3 &&
+    read -r reply <&3 && case $reply in +PONG*|-NOAUTH*) exit 0;; esac; exit 1' "$1"
+}
+"""
+
+
 def _probe_script(own: str, other: str, addresses: dict[str, list[str]]) -> str:
-    """Shell lines printing `<check>=<exit code>` for each check."""
     lines = [
-        'check() { name=$1; shift; "$@" >/dev/null 2>&1; echo "$name=$?"; }',
+        PROBE_FUNCTIONS,
         f"check own-postgres-resolves getent hosts tasks.{own}_postgres",
-        f"check own-postgres-answers pg_isready -q -h tasks.{own}_postgres -p 5432 -t 10",
-        f"check own-redis-answers timeout 10 bash -c 'exec 3<>/dev/tcp/tasks.{own}_redis/6379'",
+        f"check own-postgres-answers postgres_answers tasks.{own}_postgres",
+        f"check own-redis-answers redis_answers tasks.{own}_redis",
         f"check other-postgres-resolves getent hosts tasks.{other}_postgres",
         f"check other-redis-resolves getent hosts tasks.{other}_redis",
     ]
-    for ip in addresses["postgres"]:
-        lines.append(f"check other-postgres-at-{ip} pg_isready -q -h {ip} -p 5432 -t 5")
-    for ip in addresses["redis"]:
-        tcp = shlex.quote(f"exec 3<>/dev/tcp/{ip}/6379")
-        lines.append(f"check other-redis-at-{ip} timeout 5 bash -c {tcp}")
+    lines += [f"check other-postgres-at-{ip} postgres_answers {ip}" for ip in addresses["postgres"]]
+    lines += [f"check other-redis-at-{ip} redis_answers {ip}" for ip in addresses["redis"]]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _kept_inside_the_node(platform, addresses: list[str]):
+    """Refuse, on the node, what the probe sends to these addresses through docker_gwbridge
+    (its default route, which leads out of the swarm): test traffic never leaves the
+    machine. The overlay path, the one isolation is about, is not touched."""
+    rules = [f"FORWARD -i docker_gwbridge -d {ip} -j REJECT" for ip in addresses]
+    node = platform.node()
+    for rule in rules:
+        node.check_output(f"iptables -I {rule}")
+    try:
+        yield
+    finally:
+        for rule in rules:
+            node.run(f"iptables -D {rule}")
 
 
 @pytest.fixture(scope="module", params=DIRECTIONS, ids=lambda d: f"{d[0]}-to-{d[1]}")
@@ -60,19 +86,20 @@ def probe(request, platform):
         kind: _task_addresses(platform, f"{other}_{kind}") for kind in ("postgres", "redis")
     }
     assert addresses["postgres"] and addresses["redis"], addresses
-    container = platform.client.containers.run(
-        image,
-        entrypoint=["bash", "-c"],
-        command=[_probe_script(own, other, addresses)],
-        network=f"{own}_backend",
-        labels={"org.nextcandle.acceptance": "isolation-probe"},
-        detach=True,
-    )
-    try:
-        container.wait(timeout=300)
-        output = container.logs().decode()
-    finally:
-        container.remove(force=True)
+    with _kept_inside_the_node(platform, addresses["postgres"] + addresses["redis"]):
+        container = platform.client.containers.run(
+            image,
+            entrypoint=["bash", "-c"],
+            command=[_probe_script(own, other, addresses)],
+            network=f"{own}_backend",
+            labels={"org.nextcandle.acceptance": "isolation-probe"},
+            detach=True,
+        )
+        try:
+            container.wait(timeout=300)
+            output = container.logs().decode()
+        finally:
+            container.remove(force=True)
     results = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
     return own, other, {name: int(code) for name, code in results.items()}
 
