@@ -70,17 +70,25 @@ class Stores:
         client.meta.events.register("before-sign.s3", route_by_host)
         return client
 
+    @staticmethod
+    def _ensure_bucket(s3) -> bool:
+        try:
+            s3.create_bucket(Bucket=BUCKET)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":  # made earlier
+                raise
+        return True
+
     def write(self, marker: str) -> None:
         with self._postgres() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS persistence_probe (marker text PRIMARY KEY)")
             conn.execute("INSERT INTO persistence_probe VALUES (%s)", (marker,))
         self._redis().set(f"persistence:{marker}", marker)
         s3 = self._s3()
-        try:
-            s3.create_bucket(Bucket=BUCKET)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":  # made earlier
-                raise
+        # Right after a deploy Traefik may not route s3.localhost yet (it polls every 5 s).
+        self.platform.wait_for(
+            lambda: self._ensure_bucket(s3), what="the S3 store to answer through Traefik"
+        )
         s3.put_object(Bucket=BUCKET, Key=f"{marker}.txt", Body=marker.encode())
         time.sleep(AOF_FSYNC_MARGIN)
 
