@@ -6,6 +6,7 @@ debugging. Without a Docker engine the suite skips, except under CI=true, where 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -119,6 +120,14 @@ class Platform:
             raise
         self.deployed[stack] = time.monotonic() - started
         print(f"acceptance: {stack} deployed and converged in {self.deployed[stack]:.0f} s")
+
+    def restart_manager(self) -> None:
+        """Restart the manager node's Docker engine (its dind container) and point the client,
+        the ports and the settings' DOCKER_HOST at the new published ports. Callers wait for
+        the swarm and the stacks to converge again."""
+        self.swarm.restart_node(0)
+        values = {**self.settings.values, "DOCKER_HOST": self.swarm.manager.engine_url}
+        self.settings = dataclasses.replace(self.settings, values=values)
 
     def require(self, variable: str) -> str:
         choice = self.images[variable]

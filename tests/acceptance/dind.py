@@ -29,7 +29,7 @@ class Node:
     name: str
     container: object
     engine_url: str
-    client: docker.DockerClient
+    client: docker.DockerClient | None
     ports: dict[int, int] = field(default_factory=dict)  # port on the node -> port on 127.0.0.1
     address: str = ""
 
@@ -80,24 +80,43 @@ class DindSwarm:
         )
         self.outer.networks.get(self.network_name).connect(container)
         container.start()
-        container.reload()
-        bindings = container.attrs["NetworkSettings"]["Ports"]
+        node = Node(name=name, container=container, engine_url="", client=None)
+        self._read_bindings(node)
+        return node
+
+    def _read_bindings(self, node: Node) -> None:
+        """Fill in the node's 127.0.0.1 ports, engine URL, client and address from its
+        container. Ports published without a fixed host port get new ones on every start."""
+        node.container.reload()
+        bindings = node.container.attrs["NetworkSettings"]["Ports"]
         published = {
             int(spec.split("/")[0]): int(binding[0]["HostPort"])
             for spec, binding in bindings.items()
             if binding
         }
-        url = f"tcp://127.0.0.1:{published[ENGINE_PORT]}"
-        address = container.attrs["NetworkSettings"]["Networks"][self.network_name]["IPAddress"]
-        return Node(
-            name=name,
-            container=container,
-            engine_url=url,
-            # A fixed API version: "auto" would query the engine before it has started.
-            client=docker.DockerClient(base_url=url, version="1.41", timeout=300),
-            ports=published,
-            address=address,
-        )
+        node.ports.clear()  # in place: callers may hold the dict
+        node.ports.update(published)
+        node.engine_url = f"tcp://127.0.0.1:{published[ENGINE_PORT]}"
+        # A fixed API version: "auto" would query the engine before it has started.
+        node.client = docker.DockerClient(base_url=node.engine_url, version="1.41", timeout=300)
+        networks = node.container.attrs["NetworkSettings"]["Networks"]
+        node.address = networks[self.network_name]["IPAddress"]
+
+    def restart_node(self, index: int = 0, stop_timeout: int = 60, timeout: float = 180) -> None:
+        """Restart a node's container, and with it its Docker engine (dockerd is its main
+        process): SIGTERM first, as `systemctl restart docker` does, SIGKILL after
+        `stop_timeout` seconds. Returns once the engine answers again; the node's ports,
+        engine URL and client are refreshed, since Docker publishes new host ports."""
+        node = self.nodes[index]
+        address = node.address
+        node.container.restart(timeout=stop_timeout)
+        self._read_bindings(node)
+        if node.address != address:
+            raise RuntimeError(
+                f"dind node {node.name} came back with address {node.address}, not {address}: "
+                "the swarm advertises the old one"
+            )
+        self._wait_engine(node, time.monotonic() + timeout)
 
     def _wait_engine(self, node: Node, deadline: float) -> None:
         while True:

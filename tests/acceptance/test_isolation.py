@@ -1,0 +1,216 @@
+"""Environments are isolated (DESIGN decision 9), only routed services join traefik-public,
+and what has no login of its own is not routed on a public host name."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import requests
+import yaml
+
+from infra.catalog import CORE_PORTS, ENVIRONMENTS, STACKS, TRAEFIK_NETWORK
+from infra.settings import STACKS_DIR
+
+# --- one environment cannot reach another -----------------------------------------------
+
+# (from, to): a probe on <from>_backend, where that environment's applications run.
+DIRECTIONS = [("dev", "prod"), ("prod", "dev")]
+
+
+def _task_addresses(platform, service: str) -> list[str]:
+    """Every address of the service's running task, on every network it joins."""
+    tasks = platform.client.services.get(service).tasks(filters={"desired-state": "running"})
+    return [
+        address.split("/")[0]
+        for task in tasks
+        if task["Status"]["State"] == "running"
+        for attachment in task.get("NetworksAttachments") or []
+        for address in attachment.get("Addresses") or []
+    ]
+
+
+# Each check prints `<name>=0` when Postgres or Redis itself answered: pg_isready exits 0
+# (accepting) or 1 (rejecting) only when a server spoke its protocol, and Redis replies to
+# PING with +PONG or -NOAUTH. A bare TCP connect would not do: packets to an address that is
+# not on the probe's overlay leave through docker_gwbridge, where anything may accept them.
+PROBE_FUNCTIONS = r"""
+check() { name=$1; shift; "$@" >/dev/null 2>&1; echo "$name=$?"; }
+postgres_answers() { pg_isready -q -h "$1" -p 5432 -t 5; [ $? -le 1 ]; }
+redis_answers() {
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/6379" && printf "PING\r\n" >&3 &&
+    read -r reply <&3 && case $reply in +PONG*|-NOAUTH*) exit 0;; esac; exit 1' "$1"
+}
+"""
+
+
+def _probe_script(own: str, other: str, addresses: dict[str, list[str]]) -> str:
+    lines = [
+        PROBE_FUNCTIONS,
+        f"check own-postgres-resolves getent hosts tasks.{own}_postgres",
+        f"check own-postgres-answers postgres_answers tasks.{own}_postgres",
+        f"check own-redis-answers redis_answers tasks.{own}_redis",
+        f"check other-postgres-resolves getent hosts tasks.{other}_postgres",
+        f"check other-redis-resolves getent hosts tasks.{other}_redis",
+    ]
+    lines += [f"check other-postgres-at-{ip} postgres_answers {ip}" for ip in addresses["postgres"]]
+    lines += [f"check other-redis-at-{ip} redis_answers {ip}" for ip in addresses["redis"]]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _kept_inside_the_node(platform, addresses: list[str]):
+    """Refuse, on the node, what the probe sends to these addresses through docker_gwbridge
+    (its default route, which leads out of the swarm): test traffic never leaves the
+    machine. The overlay path, the one isolation is about, is not touched."""
+    rules = [f"FORWARD -i docker_gwbridge -d {ip} -j REJECT" for ip in addresses]
+    node = platform.node()
+    for rule in rules:
+        node.check_output(f"iptables -I {rule}")
+    try:
+        yield
+    finally:
+        for rule in rules:
+            node.run(f"iptables -D {rule}")
+
+
+@pytest.fixture(scope="module", params=DIRECTIONS, ids=lambda d: f"{d[0]}-to-{d[1]}")
+def probe(request, platform):
+    """Exit codes of the checks, run by a container on <own>_backend: {check: code}."""
+    own, other = request.param
+    image = platform.require("POSTGRES_IMAGE")  # has pg_isready, getent, bash and timeout
+    platform.require("REDIS_IMAGE")
+    for env in (own, other):
+        platform.deploy(env)
+    addresses = {
+        kind: _task_addresses(platform, f"{other}_{kind}") for kind in ("postgres", "redis")
+    }
+    assert addresses["postgres"] and addresses["redis"], addresses
+    with _kept_inside_the_node(platform, addresses["postgres"] + addresses["redis"]):
+        container = platform.client.containers.run(
+            image,
+            entrypoint=["bash", "-c"],
+            command=[_probe_script(own, other, addresses)],
+            network=f"{own}_backend",
+            labels={"org.nextcandle.acceptance": "isolation-probe"},
+            detach=True,
+        )
+        try:
+            container.wait(timeout=300)
+            output = container.logs().decode()
+        finally:
+            container.remove(force=True)
+    results = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    return own, other, {name: int(code) for name, code in results.items()}
+
+
+def test_probe_reaches_its_own_environment(probe):
+    """The positive control: the probe can reach what it should, so a failure below is
+    isolation and not a broken probe."""
+    _, _, results = probe
+    assert results["own-postgres-resolves"] == 0, results
+    assert results["own-postgres-answers"] == 0, results
+    assert results["own-redis-answers"] == 0, results
+
+
+def test_other_environment_names_do_not_resolve(probe):
+    _, _, results = probe
+    assert results["other-postgres-resolves"] != 0, results
+    assert results["other-redis-resolves"] != 0, results
+
+
+def test_other_environment_addresses_are_unreachable(probe):
+    _, _, results = probe
+    by_address = {name: code for name, code in results.items() if "-at-" in name}
+    assert by_address, results
+    reached = [name for name, code in by_address.items() if code == 0]
+    assert not reached, results
+
+
+# --- traefik-public ---------------------------------------------------------------------
+
+# Traefik itself, and the tunnel that forwards to it: on traefik-public without being routed.
+EDGE = {"core_traefik", "core_cloudflared"}
+
+
+def _routed_services() -> set[str]:
+    """`<stack>_<service>` of every service whose stack file labels it traefik.enable=true."""
+    routed = set()
+    for path in STACKS_DIR.glob("*.yml"):
+        file_stem = path.stem.split(".")[0]
+        stacks = list(ENVIRONMENTS) if file_stem == "env" else [file_stem]
+        for name, spec in (yaml.safe_load(path.read_text()).get("services") or {}).items():
+            labels = (spec.get("deploy") or {}).get("labels") or {}
+            if isinstance(labels, list):
+                labels = dict(label.split("=", 1) for label in labels)
+            if str(labels.get("traefik.enable", "")).lower() == "true":
+                routed |= {f"{stack}_{name}" for stack in stacks}
+    return routed
+
+
+def test_only_routed_services_join_traefik_public(platform):
+    platform.require("TRAEFIK_IMAGE")
+    for stack in ("core", "shared", *ENVIRONMENTS):
+        platform.deploy(stack)
+    network = platform.client.networks.get(TRAEFIK_NETWORK)
+    ours = [
+        service
+        for service in platform.client.services.list()
+        if (service.attrs["Spec"].get("Labels") or {}).get("com.docker.stack.namespace") in STACKS
+    ]
+    joined = {
+        service.name
+        for service in ours
+        if any(
+            target.get("Target") in (network.id, network.name)
+            for target in service.attrs["Spec"]["TaskTemplate"].get("Networks") or []
+        )
+    }
+    allowed = (_routed_services() | EDGE) & {service.name for service in ours}
+    assert "core_traefik" in joined
+    assert joined == allowed
+
+
+# --- what is not routed publicly --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def routed(platform):
+    platform.require("TRAEFIK_IMAGE")
+    platform.deploy("core")
+    platform.deploy("shared")
+    return platform
+
+
+def _public_domains(platform) -> list[str]:
+    return sorted({platform.settings.domain(env) for env in ENVIRONMENTS})
+
+
+def test_prometheus_answers_on_its_local_host_name(routed):
+    """The positive control for the 404s below: the route exists."""
+    routed.require("PROMETHEUS_IMAGE")
+    response = routed.wait_for(
+        lambda: (r := routed.web("prometheus.localhost", "/-/healthy")).status_code == 200 and r,
+        what="Traefik to route prometheus.localhost",
+    )
+    assert "Healthy" in response.text
+
+
+def test_prometheus_is_not_routed_on_any_public_domain(routed):
+    routed.require("PROMETHEUS_IMAGE")
+    for domain in _public_domains(routed):
+        for host in (f"prometheus.{domain}", domain):
+            assert routed.web(host, "/-/healthy").status_code == 404, host
+
+
+def test_dashboard_answers_on_its_own_port_behind_basic_auth(routed):
+    """The positive control: the dashboard exists, on the `traefik` entry point only."""
+    url = f"http://127.0.0.1:{routed.port(CORE_PORTS['dashboard'])}/api/overview"
+    assert requests.get(url, timeout=10).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/dashboard/", "/api/overview", "/api/rawdata"])
+def test_dashboard_is_not_routed_on_any_public_domain(routed, path):
+    for domain in _public_domains(routed):
+        for host in (f"traefik.{domain}", domain, "localhost"):
+            assert routed.web(host, path).status_code == 404, host
