@@ -25,6 +25,7 @@ HELP = {
     "follow": "keep printing new log lines",
     "tail": "how many past lines to show (default 100)",
     "target": f"one of: {', '.join(STACKS)}, all",
+    "key": "the secrets.yml key to rotate, e.g. dev_postgres_password (a wrong one lists them)",
 }
 
 
