@@ -151,7 +151,9 @@ def test_redis_password_rotation_keeps_the_data_and_rolls_redis_and_its_exporter
         dev, "dev", "redis_auth_conf"
     )
     exporter = {
-        s.name for s in engine.stack_services(dev.client, "shared") if s.name.endswith("exporter")
+        s.name
+        for s in engine.stack_services(dev.client, "shared")
+        if s.name == "shared_redis-exporter"
     }
     if exporter:
         old_versions |= _secret_names(dev, "shared", "redis_exporter_passwords")
