@@ -7,12 +7,14 @@ The `docker` CLI is used only for what the SDK cannot do: `docker stack deploy|c
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 
 import docker
 import yaml
-from docker.errors import APIError, DockerException
+from docker.errors import APIError, DockerException, NotFound
 
 from infra.errors import EngineError
 from infra.plan import LABEL_STACK, DockerObject
@@ -151,3 +153,68 @@ def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
         command += ["-c", str(path)]
     result = docker_cli(command, variables)
     return yaml.safe_load(result.stdout)
+
+
+def running_container(client: docker.DockerClient, service: str) -> str:
+    """The id of `service`'s running container, which must be on this engine's node (exec
+    reaches only the engine it talks to)."""
+    try:
+        tasks = client.services.get(service).tasks(filters={"desired-state": "running"})
+    except NotFound:
+        raise EngineError(
+            f"service {service} is not deployed. Deploy its stack first, then retry."
+        ) from None
+    running = [task for task in tasks if task["Status"].get("State") == "running"]
+    if not running:
+        raise EngineError(
+            f"service {service} has no running task. Check `invoke status -v`, then retry."
+        )
+    here = client.info().get("Swarm", {}).get("NodeID")
+    for task in running:
+        if task.get("NodeID") == here:
+            return task["Status"]["ContainerStatus"]["ContainerID"]
+    node = client.nodes.get(running[0]["NodeID"]).attrs["Description"]["Hostname"]
+    raise EngineError(
+        f"service {service} runs on node {node}, not on the engine at DOCKER_HOST. "
+        f"Point DOCKER_HOST at {node}'s engine (a manager) and retry."
+    )
+
+
+def exec_with_stdin(
+    client: docker.DockerClient,
+    container: str,
+    command: Sequence[str],
+    stdin: bytes,
+    user: str = "",
+) -> tuple[int, str, str]:
+    """Run `command` in a container with `stdin` on its standard input, through the exec API's
+    hijacked socket: what it reads (a password, say) is in no argument, variable or log.
+    Returns (exit code, stdout, stderr)."""
+    from docker.utils.socket import frames_iter
+
+    api = client.api
+    created = api.exec_create(
+        container, list(command), stdin=True, stdout=True, stderr=True, user=user
+    )
+    sock = api.exec_start(created["Id"], socket=True)
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.sendall(stdin)
+        raw.shutdown(socket.SHUT_WR)  # end of input: the command sees EOF
+        out: dict[int, bytes] = {1: b"", 2: b""}
+        for stream, data in frames_iter(sock, tty=False):
+            out[stream] = out.get(stream, b"") + data
+    finally:
+        sock.close()
+    exit_code = None
+    for _ in range(50):  # the stream ends as the process exits; its state follows shortly
+        state = api.exec_inspect(created["Id"])
+        exit_code = state.get("ExitCode")
+        if not state.get("Running") and exit_code is not None:
+            break
+        time.sleep(0.1)
+    return (
+        -1 if exit_code is None else exit_code,
+        out[1].decode(errors="replace"),
+        out[2].decode(errors="replace"),
+    )

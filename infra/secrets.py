@@ -2,19 +2,23 @@
 Docker secrets contain.
 
 secrets.yml is a flat mapping `<key>: <value>`, written once with mode 0600 and never rewritten
-(DESIGN decision 7). Docker secrets are derived from it (and from two `.env` tokens) by the
-renderers in DOCKER_SECRETS; their names carry a hash of their content (DESIGN decision 2).
+(DESIGN decision 7) except by an explicit rotation (`rewrite_keys`, used by infra/rotate.py).
+Docker secrets are derived from it (and from two `.env` tokens) by the renderers in
+DOCKER_SECRETS; their names carry a hash of their content (DESIGN decision 2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets as random_tokens
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import yaml
 from passlib.apache import HtpasswdFile
@@ -153,6 +157,67 @@ def load(settings: Settings) -> dict[str, str]:
             "Remove them or fix the names."
         )
     return {key: data[key] for key in SCHEMA_KEYS}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically, mode 0600 from the first byte.
+
+    A temporary file in the same directory (mkstemp: 0600), fsync, rename over `path`, fsync
+    of the directory: a crash leaves the old file or the new one, never a mix, and the
+    content is never readable by others. The owner of an existing file is kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        if path.exists() and os.geteuid() == 0:
+            owner = path.stat()
+            os.chown(temporary, owner.st_uid, owner.st_gid)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def rewrite_keys(settings: Settings, updates: Values) -> list[str]:
+    """Give `updates`' keys their new values in secrets.yml, atomically (`write_private`).
+
+    The one way secrets.yml is ever rewritten: an explicit rotation (DESIGN decision 7).
+    The file is validated first; its leading comment lines and key order are kept. Returns
+    the keys whose value changed (none: the file is left untouched)."""
+    current = load(settings)
+    unknown = sorted(set(updates) - set(SCHEMA_KEYS))
+    if unknown:
+        raise SecretsError(f"secrets.yml has no key {', '.join(unknown)}; nothing rewritten.")
+    changed = [key for key, value in updates.items() if current[key] != value]
+    if not changed:
+        return []
+    path = settings.secrets_file
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line for line in text.splitlines(keepends=True)[: _comment_lines(text)])
+    data = yaml.safe_load(text)
+    data.update({key: updates[key] for key in changed})
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+    write_private(path, header + body)
+    return changed
+
+
+def _comment_lines(text: str) -> int:
+    count = 0
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        count += 1
+    return count
 
 
 # --- Docker secrets --------------------------------------------------------------------------

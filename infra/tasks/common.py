@@ -26,6 +26,7 @@ HELP = {
     "tail": "how many past lines to show (default 100)",
     "target": f"one of: {', '.join(STACKS)}, all",
     "firewall_dry_run": "print the iptables commands and change nothing (= firewall.plan)",
+    "key": "the secrets.yml key to rotate, e.g. dev_postgres_password (a wrong one lists them)",
 }
 
 

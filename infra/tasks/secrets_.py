@@ -1,8 +1,9 @@
-"""secrets.generate, secrets.sync, secrets.list: secrets.yml and the Docker secrets made from it."""
+"""secrets.generate, sync, list, rotate: secrets.yml and the Docker secrets made from it."""
 
 from invoke import task
 
 from infra import deploy, engine, secrets
+from infra import rotate as rotation
 from infra.plan import LABEL_HASH, LABEL_KEY, LABEL_STACK
 from infra.tasks.common import HELP, operator_errors, settings
 
@@ -68,3 +69,17 @@ def list_(c):
             f"{item.name:<48} {labels.get(LABEL_STACK, '-'):<8} {labels.get(LABEL_KEY, '-'):<26} "
             f"{labels.get(LABEL_HASH, '-'):<13} {', '.join(users.get(item.name, [])) or '-'}"
         )
+
+
+@task(help={"key": HELP["key"], "dry_run": HELP["dry_run"], "timeout": HELP["timeout"]})
+@operator_errors
+def rotate(c, key="", dry_run=False, timeout=300):
+    """Give one secret a new value live, without data loss; re-run to finish if interrupted."""
+    config = settings()
+    if dry_run:
+        for line in rotation.plan(config, key):
+            print(line)
+        return
+    rotation.rotate(
+        config, key, timeout=float(timeout), report=lambda line: print(line, flush=True)
+    )
