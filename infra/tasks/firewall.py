@@ -9,8 +9,7 @@ from infra.tasks.common import HELP, operator_errors, settings
 @task(default=True)
 @operator_errors
 def plan(c):
-    """Print the iptables commands that limit the published ports to this machine and
-    FIREWALL_ALLOW (needs no root and no Docker)."""
+    """Print the iptables rules that keep published ports to FIREWALL_ALLOW (no root needed)."""
     print(firewall.format_plan(firewall.plan(settings(), firewall.current_rules_if_readable())))
 
 
