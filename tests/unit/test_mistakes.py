@@ -150,6 +150,8 @@ SCENARIOS: dict[int, Scenario] = {
     24: no_setup,
     25: damaged_backup,
     26: good_backup,
+    27: no_setup,
+    28: no_setup,
 }
 
 
