@@ -46,6 +46,7 @@ def operator_errors(task_body: Callable[..., Any]) -> Callable[..., Any]:
 
     return wrapper
 
+
 HELP.update(
     {
         "backup_from": "the backup directory to restore, as `invoke backup.env` printed it",

@@ -2,10 +2,7 @@
 
 from invoke import task
 
-from infra import deploy as deployment
-from infra import report, secrets
 from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED
-from infra.plan import deploy_order
 from infra.settings import check_target
 from infra.tasks.common import HELP, operator_errors, settings
 
@@ -18,6 +15,10 @@ OPTIONS = {
 
 
 def _deploy(target, dry_run, no_tunnel, no_wait, timeout):
+    from infra import deploy as deployment
+    from infra import report, secrets
+    from infra.plan import deploy_order
+
     config = settings()
     tunnel = not no_tunnel
     if dry_run:

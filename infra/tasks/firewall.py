@@ -2,7 +2,6 @@
 
 from invoke import task
 
-from infra import firewall
 from infra.tasks.common import HELP, operator_errors, settings
 
 
@@ -10,6 +9,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def plan(c):
     """Print the iptables rules that keep published ports to FIREWALL_ALLOW (no root needed)."""
+    from infra import firewall
+
     print(firewall.format_plan(firewall.plan(settings(), firewall.current_rules_if_readable())))
 
 
@@ -17,6 +18,8 @@ def plan(c):
 @operator_errors
 def apply(c, dry_run=False):
     """Apply the rules of firewall.plan in DOCKER-USER (root, Linux), then read them back."""
+    from infra import firewall
+
     config = settings()
     if dry_run:
         print(firewall.format_plan(firewall.plan(config, firewall.current_rules_if_readable())))
@@ -30,5 +33,7 @@ def apply(c, dry_run=False):
 @operator_errors
 def remove(c):
     """Take the platform's chain and its jump out of DOCKER-USER; other rules stay."""
+    from infra import firewall
+
     count = firewall.remove()
     print(f"firewall: removed ({count} iptables commands)" if count else "firewall: not applied")

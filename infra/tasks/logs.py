@@ -2,7 +2,6 @@
 
 from invoke import task
 
-from infra import engine
 from infra.errors import SettingsError
 from infra.tasks.common import HELP, operator_errors, settings
 
@@ -11,6 +10,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def logs(c, service="", follow=False, tail=100):
     """Print a service's logs (e.g. --service=dev_postgres)."""
+    from infra import engine
+
     client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     names = sorted(s.name for s in client.services.list())

@@ -4,7 +4,6 @@ from pathlib import Path
 
 from invoke import task
 
-from infra import backup
 from infra.catalog import ENVIRONMENTS
 from infra.settings import check_target
 from infra.tasks.common import HELP, operator_errors, settings
@@ -17,6 +16,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def env(c, name="", from_="", yes=False):
     """Restore a backup.env backup into an environment; its current data is backed up first."""
+    from infra import backup
+
     check_target(name, tuple(ENVIRONMENTS))
     backup.refuse_prod_without_yes(name, yes, from_ or "PATH")
     if not from_:

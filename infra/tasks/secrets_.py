@@ -2,9 +2,6 @@
 
 from invoke import task
 
-from infra import deploy, engine, secrets
-from infra import rotate as rotation
-from infra.plan import LABEL_HASH, LABEL_KEY, LABEL_STACK
 from infra.tasks.common import HELP, operator_errors, settings
 
 
@@ -12,6 +9,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def generate(c, dry_run=False):
     """Write secrets/secrets.yml (mode 0600) if it is missing; never rewrite it."""
+    from infra import secrets
+
     config = settings()
     path = config.secrets_file
     if path.exists():
@@ -32,6 +31,8 @@ def generate(c, dry_run=False):
 @operator_errors
 def sync(c, dry_run=False):
     """Create the content-hashed Docker secrets from secrets.yml and .env tokens."""
+    from infra import deploy, engine, secrets
+
     config = settings()
     targets = deploy.syncable_targets(config)
     if dry_run:
@@ -55,6 +56,9 @@ def sync(c, dry_run=False):
 @operator_errors
 def list_(c):
     """List the platform's Docker secrets: name, stack, key, hash and which services use them."""
+    from infra import engine
+    from infra.plan import LABEL_HASH, LABEL_KEY, LABEL_STACK
+
     client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     users: dict[str, list[str]] = {}
@@ -75,6 +79,8 @@ def list_(c):
 @operator_errors
 def rotate(c, key="", dry_run=False, timeout=300):
     """Give one secret a new value live, without data loss; re-run to finish if interrupted."""
+    from infra import rotate as rotation
+
     config = settings()
     if dry_run:
         for line in rotation.plan(config, key):

@@ -4,7 +4,6 @@ import json
 
 from invoke import task
 
-from infra import engine, report
 from infra.tasks.common import HELP, operator_errors, settings
 
 
@@ -12,6 +11,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def status(c, verbose=False, json_=False):
     """Show every stack's services: replicas, health, update state, image, ports."""
+    from infra import engine, report
+
     config = settings()
     client = engine.connect(config.docker_host)
     engine.require_manager(client)

@@ -2,7 +2,6 @@
 
 from invoke import task
 
-from infra import deploy as deployment
 from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED, STOP_ALL
 from infra.settings import check_target
 from infra.tasks.common import HELP, operator_errors, settings
@@ -11,6 +10,8 @@ OPTIONS = {"cleanup": HELP["cleanup"], "dry_run": HELP["dry_run"]}
 
 
 def _stop(target, cleanup, dry_run):
+    from infra import deploy as deployment
+
     config = settings()
     if dry_run:
         stacks = STOP_ALL if target == "all" else (target,)

@@ -2,7 +2,6 @@
 
 from invoke import task
 
-from infra import engine
 from infra.tasks.common import HELP, operator_errors, settings
 
 
@@ -10,6 +9,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def init(c, dry_run=False):
     """Initialise a swarm on this engine if it is in none (idempotent)."""
+    from infra import engine
+
     config = settings()
     if dry_run:
         addr = config.get("SWARM_ADVERTISE_ADDR") or "chosen by Docker"
@@ -28,6 +29,8 @@ def init(c, dry_run=False):
 @operator_errors
 def status(c):
     """Show the swarm's nodes: role, availability, state."""
+    from infra import engine
+
     client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     print(f"{'NODE':<24} {'ROLE':<8} {'AVAILABILITY':<13} {'STATE':<8} ADDRESS")

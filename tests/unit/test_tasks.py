@@ -259,3 +259,18 @@ def test_start_script_runs_the_deploy_task_from_any_directory(operator_env, tmp_
     )
     assert result.returncode == 0, result.stderr
     assert "plan for stg" in result.stdout
+
+
+def test_listing_the_tasks_loads_neither_the_docker_sdk_nor_passlib():
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tasks; print(sorted({'docker', 'passlib'} & set(sys.modules)))",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]"
