@@ -689,10 +689,17 @@ def scale(client, service: str, replicas: int) -> None:
     defaults, which would differ from what the deploy made."""
     attrs = client.api.inspect_service(service)
     spec = attrs["Spec"]
-    spec["Mode"] = {"Replicated": {"Replicas": replicas}}
-    url = client.api._url("/services/{0}/update", attrs["ID"])
-    response = client.api._post_json(url, data=spec, params={"version": attrs["Version"]["Index"]})
-    client.api._raise_for_status(response)
+    client.api.update_service(
+        attrs["ID"],
+        attrs["Version"]["Index"],
+        task_template=spec["TaskTemplate"],
+        name=spec["Name"],
+        labels=spec.get("Labels"),
+        mode={"Replicated": {"Replicas": replicas}},
+        update_config=spec.get("UpdateConfig"),
+        rollback_config=spec.get("RollbackConfig"),
+        endpoint_spec=spec.get("EndpointSpec"),
+    )
 
 
 def _wait_no_containers(client, service: str, timeout: float) -> None:
