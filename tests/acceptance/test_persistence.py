@@ -7,8 +7,10 @@ outside, as an application would."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from datetime import UTC, datetime
 
 import boto3
 import psycopg
@@ -198,25 +200,60 @@ def test_data_survives_a_forced_restart_of_the_tasks(stores):
     stores.wait_until_read(marker)
 
 
+def _started_after(task: dict, moment: datetime) -> bool:
+    # Task times are RFC 3339 with nanoseconds; microseconds are enough to compare.
+    created = re.sub(r"(\.\d{6})\d*", r"\1", task["CreatedAt"]).replace("Z", "+00:00")
+    return datetime.fromisoformat(created) > moment
+
+
+def _every_task_replaced(platform, stacks: list[str], moment: datetime) -> list[str]:
+    """Services of `stacks` that do not yet run all their tasks as tasks created after
+    `moment`: right after a restart the swarm still reports the old tasks as running."""
+    nodes = [
+        n
+        for n in platform.client.nodes.list()
+        if n.attrs["Status"]["State"] == "ready" and n.attrs["Spec"]["Availability"] == "active"
+    ]
+    waiting = []
+    for stack in stacks:
+        for service in engine.stack_services(platform.client, stack):
+            mode = service.attrs["Spec"]["Mode"]
+            desired = mode["Replicated"]["Replicas"] if "Replicated" in mode else len(nodes)
+            running = [
+                t
+                for t in service.tasks(filters={"desired-state": "running"})
+                if t["Status"]["State"] == "running" and _started_after(t, moment)
+            ]
+            if desired == 0 or len(running) < desired:
+                waiting.append(f"{service.name} {len(running)}/{desired}")
+    return waiting
+
+
 def test_data_survives_a_restart_of_the_docker_engine(stores):
-    """Restarts the manager's engine, then waits until the swarm is active and every
-    deployed stack has converged again, so the modules after this one find it as it was."""
+    """Restarts the manager's engine, then waits until every service of every deployed stack
+    runs on tasks started after the restart, so the modules after this one find the
+    platform as it was."""
     platform, marker = stores.platform, _marker()
     stores.write(marker)
     before = {name: _running_task(platform, name) for name in DATA_SERVICES}
+    stacks = sorted(engine.deployed_stacks(platform.client) & set(STACKS))
+    restarted_at = datetime.now(UTC)
     platform.restart_manager()
+
+    def all_replaced() -> bool:
+        waiting = _every_task_replaced(platform, stacks, restarted_at)
+        assert not waiting, f"not yet on new tasks: {', '.join(waiting)}"
+        return True
+
     platform.wait_for(
-        lambda: (
-            platform.client.info()["Swarm"]["LocalNodeState"] == "active"
-            and platform.client.info()["Swarm"]["ControlAvailable"]
-        ),
-        timeout=180,
-        what="the swarm to be active on the restarted manager",
+        all_replaced,
+        timeout=600,
+        interval=2,
+        what="every service to run on new tasks after the restart",
     )
-    for stack in sorted(engine.deployed_stacks(platform.client) & set(STACKS)):
-        # Nothing was updated: every service is judged by its tasks running as wanted.
+    for stack in stacks:
         converge.wait_converged(
-            platform.client, stack, changed=set(), timeout=600, progress=lambda _: None
+            platform.client, stack, changed=set(), timeout=300, progress=lambda _: None
         )
     after = {name: _running_task(platform, name) for name in DATA_SERVICES}
     assert all(after[name] != before[name] for name in DATA_SERVICES), (before, after)
