@@ -9,16 +9,21 @@ shared, when deployed here) converged, with secrets.yml holding the live passwor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
 import sys
 
+import boto3
 import psycopg
 import pytest
 import redis
+from botocore.client import Config
+from botocore.exceptions import ClientError
 
 from infra import engine, rotate
+from infra.catalog import CORE_PORTS
 from infra.plan import LABEL_KEY, LABEL_STACK
 from infra.settings import REPO_ROOT, load_settings
 
@@ -202,4 +207,63 @@ def test_an_interrupted_rotation_is_finished_by_running_it_again(dev):
     )
     assert row == ("survives an interruption",)
     assert _rolled(before, _versions(dev)) == {"dev_postgres"}, result.stdout
+    _assert_finished(dev, result, old)
+
+
+def _s3(platform, access_key: str, secret_key: str):
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{platform.port(CORE_PORTS['web'])}",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(
+            signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}
+        ),
+    )
+
+    def route_by_host(request, **_):
+        request.headers["Host"] = "s3.localhost"  # Traefik routes on it; SigV4 signs it
+
+    client.meta.events.register("before-sign.s3", route_by_host)
+    return client
+
+
+def test_s3_secret_key_rotation_keeps_the_objects_and_rolls_only_the_store(dev):
+    dev.require("SEAWEEDFS_IMAGE")
+    dev.deploy("shared")
+    values = dev.secrets()
+    access, old = values["s3_access_key"], values["s3_secret_key"]
+
+    def put_object():
+        client = _s3(dev, access, old)
+        with contextlib.suppress(ClientError):
+            client.create_bucket(Bucket="rotation")
+        client.put_object(Bucket="rotation", Key="kept.txt", Body=b"survives the rotation")
+        return True
+
+    dev.wait_for(put_object, what="the S3 store to take an object through Traefik")
+    old_versions = _secret_names(dev, "shared", "s3_config")
+    users = {
+        s.name
+        for s in dev.client.services.list()
+        for ref in s.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Secrets") or []
+        if ref["SecretName"] in old_versions
+    }
+    before = _versions(dev)
+
+    result = _rotate(dev, "s3_secret_key")
+
+    new = dev.secrets()["s3_secret_key"]
+    assert new != old
+    body = dev.wait_for(
+        lambda: _s3(dev, access, new).get_object(Bucket="rotation", Key="kept.txt")["Body"].read(),
+        what="the S3 store with the new secret key",
+    )
+    assert body == b"survives the rotation"
+    with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        _s3(dev, access, old).get_object(Bucket="rotation", Key="kept.txt")
+    assert users and _rolled(before, _versions(dev)) == users, result.stdout
+    remaining = {s.name for s in dev.client.secrets.list()}
+    assert old_versions and not old_versions & remaining, "the old secret version is still there"
     _assert_finished(dev, result, old)
