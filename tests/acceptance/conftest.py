@@ -10,21 +10,25 @@ import dataclasses
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import docker
 import pytest
 import requests
 import testinfra
 import yaml
+from botocore.client import Config
 from docker.errors import DockerException
 
 from infra import catalog, converge, deploy, secrets
 from infra.catalog import CORE_PORTS, ENVIRONMENTS
-from infra.settings import STACKS_DIR, Settings, load_settings
+from infra.settings import REPO_ROOT, STACKS_DIR, Settings, load_settings
 from tests.acceptance.dind import DindSwarm
 from tests.acceptance.images import ImageChoice, choose_images
 
@@ -141,6 +145,49 @@ class Platform:
 
     def secrets(self) -> dict[str, str]:
         return secrets.load(self.settings)
+
+    def command_env(self, **overrides: str) -> dict[str, str]:
+        """The process environment that gives `invoke` this swarm's settings, as an operator's
+        .env and shell would."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
+        env.update({key: value for key, value in self.settings.values.items() if value})
+        env.update(self.settings.images)
+        env["ENV_FILE"] = str(self.settings.env_file or "")
+        return {**env, **overrides}
+
+    def invoke(self, *args: str, timeout: float = 1200, **overrides: str):
+        """The real command line, in a child process, against this swarm."""
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args],
+            env=self.command_env(**overrides),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+
+    def s3(self, access_key: str = "", secret_key: str = ""):
+        """An S3 client for the object store through Traefik (`s3.localhost`), with the
+        generated keys unless others are given."""
+        values = self.secrets()
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.port(CORE_PORTS['web'])}",
+            aws_access_key_id=access_key or values["s3_access_key"],
+            aws_secret_access_key=secret_key or values["s3_secret_key"],
+            region_name="us-east-1",
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+            ),
+        )
+
+        def route_by_host(request, **_):
+            request.headers["Host"] = "s3.localhost"  # Traefik routes on it; SigV4 signs it
+
+        client.meta.events.register("before-sign.s3", route_by_host)
+        return client
 
     def node(self, index: int = 0):
         """A testinfra host for a swarm node (the dind container, via this machine's engine)."""

@@ -10,47 +10,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
-import boto3
 import psycopg
 import pytest
 import redis
-from botocore.client import Config
 
 from infra import backup, converge
-from infra.catalog import CORE_PORTS, ENVIRONMENTS
-from infra.settings import REPO_ROOT
+from infra.catalog import ENVIRONMENTS
 
 TABLES = ("backup_items", "backup_events")
 PROD_KEYS = {
     "backup:string": b"prod value",
     "backup:counter": b"42",
 }
-
-
-def invoke(platform, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI, in a child process, against the dind swarm (as test_tasks does)."""
-    settings = platform.settings
-    env = {
-        **os.environ,
-        "DOCKER_HOST": settings.docker_host,
-        "ENV_FILE": str(settings.env_file or ""),
-        "DATA_ROOT": str(settings.data_root),
-        "SECRETS_FILE": str(settings.secrets_file),
-        "BACKUP_ROOT": str(backup_root(platform)),
-        "DISABLED_SERVICES": settings.get("DISABLED_SERVICES"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def backup_root(platform) -> Path:
@@ -101,9 +75,7 @@ def redis_state(platform, env: str) -> dict[str, bytes]:
     )
     assert code == 0, out
     keys = sorted(
-        line.split(") ", 1)[1].strip('"')
-        for line in out.decode().splitlines()
-        if ") " in line
+        line.split(") ", 1)[1].strip('"') for line in out.decode().splitlines() if ") " in line
     )
     state = {}
     for key in keys:
@@ -171,13 +143,15 @@ def round_trip(platform):
     _seed_stg(platform)
     redis_spec = platform.client.services.get("stg_redis").attrs["Spec"]
 
-    made = invoke(platform, "backup.env", "--name=prod")
+    made = platform.invoke("backup.env", "--name=prod", BACKUP_ROOT=str(backup_root(platform)))
     assert made.returncode == 0, made.stderr
     backups = sorted(p for p in (backup_root(platform) / "prod").iterdir())
     assert len(backups) == 1, backups
     source = backups[0]
 
-    restored = invoke(platform, "restore.env", "--name=stg", f"--from={source}")
+    restored = platform.invoke(
+        "restore.env", "--name=stg", f"--from={source}", BACKUP_ROOT=str(backup_root(platform))
+    )
     assert restored.returncode == 0, restored.stdout + restored.stderr
     print(made.stdout, restored.stdout, sep="\n")  # shown with -s, or when a test fails
     return {
@@ -241,8 +215,10 @@ def test_restored_redis_keeps_its_keys_and_new_writes_across_a_restart(platform,
     assert written.exit_code == 0, written.output
     backup.scale(platform.client, "stg_redis", 0)
     platform.wait_for(
-        lambda: not platform.client.containers.list(
-            filters={"label": "com.docker.swarm.service.name=stg_redis"}
+        lambda: (
+            not platform.client.containers.list(
+                filters={"label": "com.docker.swarm.service.name=stg_redis"}
+            )
         ),
         what="stg_redis to stop",
     )
@@ -287,7 +263,12 @@ def _assert_refused_and_stg_unchanged(platform, result, words: str):
 def test_restore_from_a_missing_path_fails_and_changes_nothing(platform, round_trip):
     before = (table_state(platform, "stg"), redis_state(platform, "stg"))
     saved = sorted((backup_root(platform) / "stg").iterdir())
-    result = invoke(platform, "restore.env", "--name=stg", "--from=/var/tmp/no-such-backup")
+    result = platform.invoke(
+        "restore.env",
+        "--name=stg",
+        "--from=/var/tmp/no-such-backup",
+        BACKUP_ROOT=str(backup_root(platform)),
+    )
     _assert_refused_and_stg_unchanged(platform, result, "does not exist")
     assert (table_state(platform, "stg"), redis_state(platform, "stg")) == before
     assert sorted((backup_root(platform) / "stg").iterdir()) == saved
@@ -305,7 +286,9 @@ def test_restore_from_a_corrupted_copy_fails_and_changes_nothing(
     (copy / damaged).write_bytes(bytes(data))
     before = (table_state(platform, "stg"), redis_state(platform, "stg"))
     saved = sorted((backup_root(platform) / "stg").iterdir())
-    result = invoke(platform, "restore.env", "--name=stg", f"--from={copy}")
+    result = platform.invoke(
+        "restore.env", "--name=stg", f"--from={copy}", BACKUP_ROOT=str(backup_root(platform))
+    )
     _assert_refused_and_stg_unchanged(platform, result, f"{damaged} is corrupt")
     assert (table_state(platform, "stg"), redis_state(platform, "stg")) == before
     assert sorted((backup_root(platform) / "stg").iterdir()) == saved
@@ -313,7 +296,12 @@ def test_restore_from_a_corrupted_copy_fails_and_changes_nothing(
 
 def test_restore_into_prod_without_yes_refuses(platform, round_trip):
     before = table_state(platform, "prod")
-    result = invoke(platform, "restore.env", "--name=prod", f"--from={round_trip['source']}")
+    result = platform.invoke(
+        "restore.env",
+        "--name=prod",
+        f"--from={round_trip['source']}",
+        BACKUP_ROOT=str(backup_root(platform)),
+    )
     _assert_refused_and_stg_unchanged(platform, result, "--yes")
     assert table_state(platform, "prod") == before
 
@@ -321,36 +309,18 @@ def test_restore_into_prod_without_yes_refuses(platform, round_trip):
 # --- shared ------------------------------------------------------------------------------
 
 
-def _s3(platform):
-    values = platform.secrets()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{platform.port(CORE_PORTS['web'])}",
-        aws_access_key_id=values["s3_access_key"],
-        aws_secret_access_key=values["s3_secret_key"],
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-
-    def route_by_host(request, **_):
-        request.headers["Host"] = "s3.localhost"
-
-    client.meta.events.register("before-sign.s3", route_by_host)
-    return client
-
-
 def test_backup_shared_holds_every_bucket_object(platform):
     platform.require("TRAEFIK_IMAGE")
     platform.require("SEAWEEDFS_IMAGE")
     platform.deploy("core")
     platform.deploy("shared")
-    s3 = _s3(platform)
+    s3 = platform.s3()
     bucket, body = f"backup-{uuid.uuid4().hex[:8]}", os.urandom(70_000)
     platform.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
     s3.put_object(Bucket=bucket, Key="reports/2026/probe.bin", Body=body)
     s3.put_object(Bucket=bucket, Key="top.txt", Body=b"top level", ContentType="text/plain")
 
-    result = invoke(platform, "backup.shared")
+    result = platform.invoke("backup.shared", BACKUP_ROOT=str(backup_root(platform)))
     assert result.returncode == 0, result.stdout + result.stderr
     made = sorted((backup_root(platform) / "shared").iterdir())[-1]
     assert str(made) in result.stdout

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import time
 
 import psycopg
@@ -224,25 +222,6 @@ def test_service_logs_hold_no_secret(everything):
 # --- task output ------------------------------------------------------------------------
 
 
-def invoke(platform, *args) -> subprocess.CompletedProcess:
-    """Run an invoke task as the operator would, with the swarm's settings."""
-    settings = platform.settings
-    env = {
-        **os.environ,
-        **settings.values,
-        **settings.images,
-        "ENV_FILE": str(settings.env_file or ""),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-
-
 @pytest.mark.parametrize(
     "task",
     [
@@ -257,7 +236,7 @@ def invoke(platform, *args) -> subprocess.CompletedProcess:
 )
 def test_task_output_holds_no_secret(everything, task):
     values = secret_values(everything)
-    result = invoke(everything, *task)
+    result = everything.invoke(*task)
     assert result.returncode == 0, result.stderr
     assert not leaks(result.stdout + result.stderr, values)
 
@@ -266,7 +245,7 @@ def test_logs_task_output_holds_no_secret(everything):
     values = secret_values(everything)
     found = {}
     for service in _our_services(everything):
-        result = invoke(everything, "logs", f"--service={service.name}", "--tail=1000")
+        result = everything.invoke("logs", f"--service={service.name}", "--tail=1000")
         assert result.returncode == 0, result.stderr
         if hits := leaks(result.stdout + result.stderr, values):
             found[service.name] = hits

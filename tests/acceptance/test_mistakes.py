@@ -9,28 +9,12 @@ the swarm's services, secrets and networks as they were.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from infra import deploy
 from tests.operator_mistakes import answer_of, read_table, run
-
-
-def _command_env(platform, docker_host: str | None = None) -> dict[str, str]:
-    settings = platform.settings
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
-    return {
-        **env,
-        "DOCKER_HOST": docker_host or settings.docker_host,
-        "ENV_FILE": str(settings.env_file or ""),
-        "DATA_ROOT": str(settings.data_root),
-        "SECRETS_FILE": str(settings.secrets_file),
-        "RESOLVE_IMAGE": "never",
-        "DISABLED_SERVICES": ",".join(sorted(settings.disabled_services)),
-        **settings.images,
-    }
 
 
 @contextlib.contextmanager
@@ -43,7 +27,7 @@ def port_taken(platform) -> Iterator[dict[str, str]]:
         image, entrypoint=["sleep", "600"], ports={"80/tcp": 5432}, detach=True, name="squatter"
     )
     try:
-        yield _command_env(platform)
+        yield platform.command_env()
     finally:
         squatter.remove(force=True)
         if was_deployed:
@@ -55,7 +39,7 @@ def port_taken(platform) -> Iterator[dict[str, str]]:
 def engine_outside_a_swarm(platform) -> Iterator[dict[str, str]]:
     node = platform.swarm.start_spare()
     try:
-        yield _command_env(platform, node.engine_url)
+        yield platform.command_env(DOCKER_HOST=node.engine_url)
     finally:
         platform.swarm.remove_spare(node)
 
@@ -65,7 +49,7 @@ def worker_node(platform) -> Iterator[dict[str, str]]:
     node = platform.swarm.start_spare()
     try:
         platform.swarm.join_as_worker(node)
-        yield _command_env(platform, node.engine_url)
+        yield platform.command_env(DOCKER_HOST=node.engine_url)
     finally:
         platform.swarm.remove_spare(node)
 
@@ -74,7 +58,7 @@ def worker_node(platform) -> Iterator[dict[str, str]]:
 def misspelt_service(platform) -> Iterator[dict[str, str]]:
     platform.require("POSTGRES_IMAGE")
     platform.deploy("dev")
-    yield _command_env(platform)
+    yield platform.command_env()
 
 
 # README row number -> the situation its command meets (rows without a swarm: tests/unit).

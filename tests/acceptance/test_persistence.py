@@ -12,15 +12,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import boto3
 import psycopg
 import pytest
 import redis
-from botocore.client import Config
 from botocore.exceptions import ClientError
 
 from infra import converge, deploy, engine
-from infra.catalog import CORE_PORTS, STACKS
+from infra.catalog import STACKS
 
 DATA_SERVICES = ("dev_postgres", "dev_redis", "shared_seaweedfs")
 BUCKET = "acceptance-persistence"
@@ -55,23 +53,6 @@ class Stores:
             socket_timeout=10,
         )
 
-    def _s3(self):
-        values = self.platform.secrets()
-        client = boto3.client(
-            "s3",
-            endpoint_url=f"http://127.0.0.1:{self.platform.port(CORE_PORTS['web'])}",
-            aws_access_key_id=values["s3_access_key"],
-            aws_secret_access_key=values["s3_secret_key"],
-            region_name="us-east-1",
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
-
-        def route_by_host(request, **_):
-            request.headers["Host"] = "s3.localhost"  # Traefik routes on it; SigV4 signs it
-
-        client.meta.events.register("before-sign.s3", route_by_host)
-        return client
-
     @staticmethod
     def _ensure_bucket(s3) -> bool:
         try:
@@ -86,7 +67,7 @@ class Stores:
             conn.execute("CREATE TABLE IF NOT EXISTS persistence_probe (marker text PRIMARY KEY)")
             conn.execute("INSERT INTO persistence_probe VALUES (%s)", (marker,))
         self._redis().set(f"persistence:{marker}", marker)
-        s3 = self._s3()
+        s3 = self.platform.s3()
         # Right after a deploy Traefik may not route s3.localhost yet (it polls every 5 s).
         self.platform.wait_for(
             lambda: self._ensure_bucket(s3), what="the S3 store to answer through Traefik"
@@ -102,7 +83,7 @@ class Stores:
             ).fetchone()
         key = self._redis().get(f"persistence:{marker}")
         try:
-            body = self._s3().get_object(Bucket=BUCKET, Key=f"{marker}.txt")["Body"].read()
+            body = self.platform.s3().get_object(Bucket=BUCKET, Key=f"{marker}.txt")["Body"].read()
         except ClientError as exc:
             if exc.response["Error"]["Code"] not in ("NoSuchKey", "NoSuchBucket"):
                 raise

@@ -10,22 +10,16 @@ shared, when deployed here) converged, with secrets.yml holding the live passwor
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
 import subprocess
-import sys
 
-import boto3
 import psycopg
 import pytest
 import redis
-from botocore.client import Config
 from botocore.exceptions import ClientError
 
 from infra import engine, rotate
-from infra.catalog import CORE_PORTS
 from infra.plan import LABEL_KEY, LABEL_STACK
-from infra.settings import REPO_ROOT, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -38,36 +32,8 @@ def dev(platform):
     return platform
 
 
-def _environ(platform) -> dict[str, str]:
-    """The process environment that gives the command line the swarm's settings."""
-    settings = platform.settings
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
-    environ.update(
-        {
-            "ENV_FILE": str(settings.env_file),
-            "DATA_ROOT": str(settings.data_root),
-            "SECRETS_FILE": str(settings.secrets_file),
-            "DOCKER_HOST": settings.docker_host,
-            "RESOLVE_IMAGE": settings.get("RESOLVE_IMAGE"),
-            "DISABLED_SERVICES": settings.get("DISABLED_SERVICES"),
-            **settings.images,
-        }
-    )
-    same = load_settings(environ=environ)
-    assert (same.images, same.disabled_services) == (settings.images, settings.disabled_services)
-    return environ
-
-
 def _rotate(platform, key: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT)]
-        + ["secrets.rotate", f"--key={key}"],
-        env=_environ(platform),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1200,
-    )
+    result = platform.invoke("secrets.rotate", f"--key={key}")
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr
     return result
@@ -210,25 +176,6 @@ def test_an_interrupted_rotation_is_finished_by_running_it_again(dev):
     _assert_finished(dev, result, old)
 
 
-def _s3(platform, access_key: str, secret_key: str):
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{platform.port(CORE_PORTS['web'])}",
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(
-            signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 1}
-        ),
-    )
-
-    def route_by_host(request, **_):
-        request.headers["Host"] = "s3.localhost"  # Traefik routes on it; SigV4 signs it
-
-    client.meta.events.register("before-sign.s3", route_by_host)
-    return client
-
-
 def test_s3_secret_key_rotation_keeps_the_objects_and_rolls_only_the_store(dev):
     dev.require("SEAWEEDFS_IMAGE")
     dev.deploy("shared")
@@ -236,7 +183,7 @@ def test_s3_secret_key_rotation_keeps_the_objects_and_rolls_only_the_store(dev):
     access, old = values["s3_access_key"], values["s3_secret_key"]
 
     def put_object():
-        client = _s3(dev, access, old)
+        client = dev.s3(access, old)
         with contextlib.suppress(ClientError):
             client.create_bucket(Bucket="rotation")
         client.put_object(Bucket="rotation", Key="kept.txt", Body=b"survives the rotation")
@@ -257,12 +204,12 @@ def test_s3_secret_key_rotation_keeps_the_objects_and_rolls_only_the_store(dev):
     new = dev.secrets()["s3_secret_key"]
     assert new != old
     body = dev.wait_for(
-        lambda: _s3(dev, access, new).get_object(Bucket="rotation", Key="kept.txt")["Body"].read(),
+        lambda: dev.s3(access, new).get_object(Bucket="rotation", Key="kept.txt")["Body"].read(),
         what="the S3 store with the new secret key",
     )
     assert body == b"survives the rotation"
     with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
-        _s3(dev, access, old).get_object(Bucket="rotation", Key="kept.txt")
+        dev.s3(access, old).get_object(Bucket="rotation", Key="kept.txt")
     assert users and _rolled(before, _versions(dev)) == users, result.stdout
     remaining = {s.name for s in dev.client.secrets.list()}
     assert old_versions and not old_versions & remaining, "the old secret version is still there"

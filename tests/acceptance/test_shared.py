@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 
-import boto3
 import pytest
 import yaml
-from botocore.client import Config
 from botocore.exceptions import ClientError
 
-from infra.catalog import CORE_PORTS, MONITORING_NETWORK
+from infra.catalog import MONITORING_NETWORK
 from infra.settings import CONFIGS_DIR
 
 # Each Prometheus job, by the service whose image it needs (its target must run).
@@ -42,27 +40,9 @@ def shared(platform):
 # --- object storage ---------------------------------------------------------------------
 
 
-def _s3(platform, access_key, secret_key):
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{platform.port(CORE_PORTS['web'])}",
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-    )
-
-    def route_by_host(request, **_):
-        request.headers["Host"] = "s3.localhost"  # Traefik routes on it; SigV4 signs it
-
-    client.meta.events.register("before-sign.s3", route_by_host)
-    return client
-
-
 def test_s3_bucket_put_and_get_with_the_generated_keys(shared):
     shared.require("SEAWEEDFS_IMAGE")
-    values = shared.secrets()
-    s3 = _s3(shared, values["s3_access_key"], values["s3_secret_key"])
+    s3 = shared.s3()
     bucket, body = f"acceptance-{uuid.uuid4().hex[:8]}", uuid.uuid4().bytes
     shared.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
     s3.put_object(Bucket=bucket, Key="probe.bin", Body=body)
@@ -71,13 +51,12 @@ def test_s3_bucket_put_and_get_with_the_generated_keys(shared):
 
 def test_s3_refuses_anonymous_and_wrong_keys(shared):
     shared.require("SEAWEEDFS_IMAGE")
-    values = shared.secrets()
-    s3 = _s3(shared, values["s3_access_key"], values["s3_secret_key"])
+    s3 = shared.s3()
     bucket = f"acceptance-{uuid.uuid4().hex[:8]}"
     shared.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
     anonymous = shared.web("s3.localhost", f"/{bucket}/")
     assert anonymous.status_code in (401, 403), anonymous.text
-    wrong = _s3(shared, values["s3_access_key"], "not-the-secret-key-000000000000")
+    wrong = shared.s3(secret_key="not-the-secret-key-000000000000")
     with pytest.raises(ClientError):
         wrong.list_objects_v2(Bucket=bucket)
 

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-from infra.settings import REPO_ROOT
-
-
-def invoke(platform, *args):
-    settings = platform.settings
-    env = {
-        **os.environ,
-        "DOCKER_HOST": settings.docker_host,
-        "ENV_FILE": str(settings.env_file or ""),
-        "DATA_ROOT": str(settings.data_root),
-        "SECRETS_FILE": str(settings.secrets_file),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
 
 def test_swarm_init_is_idempotent(platform):
-    result = invoke(platform, "swarm.init")
+    result = platform.invoke("swarm.init")
     assert result.returncode == 0, result.stderr
     assert "already active" in result.stdout
 
 
 def test_second_secrets_sync_creates_nothing(platform):
-    first = invoke(platform, "secrets.generate", "secrets.sync")
+    first = platform.invoke("secrets.generate", "secrets.sync")
     assert first.returncode == 0, first.stderr
     before = {s.name for s in platform.client.secrets.list()}
-    second = invoke(platform, "secrets.generate", "secrets.sync")
+    second = platform.invoke("secrets.generate", "secrets.sync")
     assert second.returncode == 0, second.stderr
     assert "0 created" in second.stdout
     assert {s.name for s in platform.client.secrets.list()} == before
@@ -50,7 +26,7 @@ def test_second_secrets_sync_creates_nothing(platform):
 def test_secrets_list_names_users_and_no_values(platform):
     platform.require("TRAEFIK_IMAGE")
     platform.deploy("core")
-    result = invoke(platform, "secrets.list")
+    result = platform.invoke("secrets.list")
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "traefik_dashboard_users" in x)
     assert "core_traefik" in line
@@ -60,6 +36,6 @@ def test_secrets_list_names_users_and_no_values(platform):
 def test_status_reports_deployed_services(platform):
     platform.require("TRAEFIK_IMAGE")
     platform.deploy("core")
-    result = invoke(platform, "status", "--json")
+    result = platform.invoke("status", "--json")
     assert result.returncode == 0, result.stderr
     assert '"core_traefik"' in result.stdout
