@@ -214,3 +214,22 @@ def test_s3_secret_key_rotation_keeps_the_objects_and_rolls_only_the_store(dev):
     remaining = {s.name for s in dev.client.secrets.list()}
     assert old_versions and not old_versions & remaining, "the old secret version is still there"
     _assert_finished(dev, result, old)
+
+
+def test_grafana_admin_password_rotation_is_live_and_refuses_the_old_one(dev):
+    dev.require("GRAFANA_IMAGE")
+    dev.deploy("shared")
+    values = dev.secrets()
+    user, old = values["grafana_admin_user"], values["grafana_admin_password"]
+    dev.wait_for(
+        lambda: dev.web("grafana.localhost", "/api/user", auth=(user, old)).status_code == 200,
+        what="Grafana to accept the admin password",
+    )
+
+    result = _rotate(dev, "grafana_admin_password")
+
+    new = dev.secrets()["grafana_admin_password"]
+    assert new != old
+    assert dev.web("grafana.localhost", "/api/user", auth=(user, new)).status_code == 200
+    assert dev.web("grafana.localhost", "/api/user", auth=(user, old)).status_code == 401
+    _assert_finished(dev, result, old)
