@@ -242,17 +242,24 @@ def make_new_values(settings: Settings, rotatable: Rotatable, current: Mapping[s
     return new
 
 
+def pending_for(settings: Settings, key: str) -> Pending | None:
+    """The pending record of an interrupted rotation of `key`, if any; an interrupted
+    rotation of another key must be finished first."""
+    found = read_pending(settings)
+    if found is not None and found.key != key:
+        raise SecretsError(
+            f"a rotation of {found.key} was interrupted ({pending_path(settings)}). Finish it "
+            f"first: invoke secrets.rotate --key={found.key}"
+        )
+    return found
+
+
 def begin(settings: Settings, key: str, report: Report = print) -> Pending:
     """Step 1: the pending record, made now or found from an interrupted run of this key."""
     rotatable = check_key(key)
     current = secrets.load(settings)
-    found = read_pending(settings)
+    found = pending_for(settings, key)
     path = pending_path(settings)
-    if found is not None and found.key != key:
-        raise SecretsError(
-            f"a rotation of {found.key} was interrupted ({path}). Finish it first: "
-            f"invoke secrets.rotate --key={found.key}"
-        )
     if found is not None:
         report(f"1/6 pending: resuming the interrupted rotation of {key} with its new value")
         return found
@@ -526,13 +533,8 @@ def plan(settings: Settings, key: str) -> list[str]:
     """What `rotate` would do, for --dry-run: no daemon, nothing changed, no value shown."""
     rotatable = check_key(key)
     values = secrets.with_env_tokens(secrets.load(settings), settings)
-    found = read_pending(settings)
+    found = pending_for(settings, key)
     path = pending_path(settings)
-    if found is not None and found.key != key:
-        raise SecretsError(
-            f"a rotation of {found.key} was interrupted ({path}). Finish it first: "
-            f"invoke secrets.rotate --key={found.key}"
-        )
     affected = affected_secrets(values, (key, *rotatable.derived))
     stacks = stacks_in_order(rotatable, affected)
     first = (

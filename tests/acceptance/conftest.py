@@ -133,6 +133,29 @@ class Platform:
         values = {**self.settings.values, "DOCKER_HOST": self.swarm.manager.engine_url}
         self.settings = dataclasses.replace(self.settings, values=values)
 
+    def apply(self, stack: str, settings: Settings | None = None, **kwargs) -> list[str]:
+        """Deploy `stack` again through infra (whether or not this session deployed it);
+        the lines it reported."""
+        lines: list[str] = []
+        deploy.apply(
+            settings or self.settings,
+            stack,
+            tunnel=False,
+            timeout=300,
+            report=lines.append,
+            client=self.client,
+            **kwargs,
+        )
+        return lines
+
+    def deploy_requiring(self, images_by_stack: dict[str, list[str]]) -> None:
+        """Deploy each stack once its image variables are known to have an image (else the
+        test skips, naming the image)."""
+        for stack, variables in images_by_stack.items():
+            for variable in variables:
+                self.require(variable)
+            self.deploy(stack)
+
     def require(self, variable: str) -> str:
         choice = self.images[variable]
         if choice.ref is None:

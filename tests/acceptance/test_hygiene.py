@@ -69,10 +69,7 @@ def leaks(text: str, values: dict[str, str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def everything(platform):
-    for stack, variables in STACKS_WITH_IMAGES.items():
-        for variable in variables:
-            platform.require(variable)
-        platform.deploy(stack)
+    platform.deploy_requiring(STACKS_WITH_IMAGES)
     _use_every_credential(platform)
     return platform
 

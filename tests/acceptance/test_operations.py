@@ -23,19 +23,6 @@ def _versions(platform, *stacks) -> dict[str, int]:
     }
 
 
-def _apply(platform, stack, settings=None, **kwargs) -> list[str]:
-    lines: list[str] = []
-    deploy.apply(
-        settings or platform.settings,
-        stack,
-        tunnel=False,
-        timeout=300,
-        report=lines.append,
-        client=platform.client,
-        **kwargs,
-    )
-    return lines
-
 
 @pytest.fixture(scope="module")
 def dev(platform):
@@ -47,7 +34,7 @@ def dev(platform):
 
 def test_redeploy_with_nothing_changed_updates_no_service(dev):
     before = _versions(dev, "core", "dev")
-    lines = _apply(dev, "dev")
+    lines = dev.apply("dev")
     assert _versions(dev, "core", "dev") == before
     assert "dev: up to date, 0 services changed" in lines
     assert "core: up to date, 0 services changed" in lines
@@ -56,7 +43,7 @@ def test_redeploy_with_nothing_changed_updates_no_service(dev):
 def test_redeploy_of_shared_with_nothing_changed_updates_no_service(dev):
     dev.deploy("shared")
     before = _versions(dev, "shared")
-    lines = _apply(dev, "shared")
+    lines = dev.apply("shared")
     assert _versions(dev, "shared") == before
     assert "shared: up to date, 0 services changed" in lines
 
@@ -68,7 +55,7 @@ def test_changed_secret_rolls_only_its_services_and_prunes_the_old_version(dev):
     before = _versions(dev, "core", "dev")
     values["dev_redis_password"] = "rotated-" + values["dev_redis_password"]
     path.write_text(yaml.safe_dump(values))
-    lines = _apply(dev, "dev")
+    lines = dev.apply("dev")
     after = _versions(dev, "core", "dev")
     changed = {name for name in after if after[name] != before[name]}
     assert changed == {"dev_redis"}, lines
@@ -86,7 +73,7 @@ def test_changed_secret_rolls_only_its_services_and_prunes_the_old_version(dev):
 def test_changed_config_file_rolls_only_the_services_that_mount_it(dev, tmp_path):
     dev.require("PROMETHEUS_IMAGE")
     dev.deploy("shared")
-    _apply(dev, "shared")  # up to date first: an earlier test changed a Redis password
+    dev.apply("shared")  # up to date first: an earlier test changed a Redis password
     # A copy of the repository's stacks and configs, with prometheus.yml changed.
     for folder in ("stacks", "configs"):
         shutil.copytree(REPO_ROOT / folder, tmp_path / folder)
@@ -96,13 +83,13 @@ def test_changed_config_file_rolls_only_the_services_that_mount_it(dev, tmp_path
     old = {c.name for c in dev.client.configs.list() if c.name.startswith("shared_prometheus-")}
     before = _versions(dev, "shared")
     try:
-        lines = _apply(dev, "shared", settings=changed_settings)
+        lines = dev.apply("shared", settings=changed_settings)
         after = _versions(dev, "shared")
         assert {n for n in after if after[n] != before[n]} == {"shared_prometheus"}, lines
         remaining = {c.name for c in dev.client.configs.list()}
         assert not old & remaining, "the old prometheus config was not pruned"
     finally:
-        _apply(dev, "shared")  # back to the repository's own files
+        dev.apply("shared")  # back to the repository's own files
 
 
 def test_broken_update_is_rolled_back_and_the_service_keeps_serving(dev):
@@ -112,7 +99,7 @@ def test_broken_update_is_rolled_back_and_the_service_keeps_serving(dev):
     )
     before = dev.client.services.get("dev_redis").attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
     with pytest.raises(ConvergeError, match="dev_redis was rolled back"):
-        _apply(dev, "dev", settings=broken)
+        dev.apply("dev", settings=broken)
     spec = dev.client.services.get("dev_redis").attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
     assert spec["Image"] == before["Image"]
     password = dev.secrets()["dev_redis_password"]
@@ -121,7 +108,7 @@ def test_broken_update_is_rolled_back_and_the_service_keeps_serving(dev):
     )
     dev.wait_for(client.ping, what="dev Redis to answer after the rollback")
     # The next deploy with the good settings is calm: nothing to change, nothing failed.
-    assert "dev: up to date, 0 services changed" in _apply(dev, "dev")
+    assert "dev: up to date, 0 services changed" in dev.apply("dev")
 
 
 def test_stop_waits_for_the_containers_and_keeps_the_data(dev):
@@ -146,7 +133,7 @@ def test_stop_waits_for_the_containers_and_keeps_the_data(dev):
     )
     assert leftovers == []
     assert (dev.settings.data_root / "dev" / "postgres" / "PG_VERSION").exists()
-    _apply(dev, "dev")
+    dev.apply("dev")
     row = dev.wait_for(
         lambda: connect().execute("SELECT note FROM kept").fetchone(),
         what="dev Postgres after the redeploy",
@@ -157,7 +144,7 @@ def test_stop_waits_for_the_containers_and_keeps_the_data(dev):
 def test_deploy_hands_every_stack_to_the_engine_before_waiting(dev):
     for stack in ("dev", "core"):
         deploy.stop(dev.settings, stack, report=lambda _: None, client=dev.client)
-    lines = _apply(dev, "dev")
+    lines = dev.apply("dev")
     handed_over = [i for i, line in enumerate(lines) if line.startswith("stack dev: deploying")]
     first_wait = next(i for i, line in enumerate(lines) if line.startswith("  core_"))
     assert handed_over and handed_over[0] < first_wait, lines

@@ -124,18 +124,6 @@ def _marker() -> str:
     return f"kept-{uuid.uuid4().hex}"
 
 
-def _apply(platform, stack: str) -> list[str]:
-    lines: list[str] = []
-    deploy.apply(
-        platform.settings,
-        stack,
-        tunnel=False,
-        timeout=300,
-        report=lines.append,
-        client=platform.client,
-    )
-    return lines
-
 
 def _running_task(platform, service: str) -> str:
     tasks = platform.client.services.get(service).tasks(filters={"desired-state": "running"})
@@ -153,7 +141,7 @@ def test_data_survives_stop_and_deploy(stores):
         all=True, filters={"label": "com.docker.stack.namespace=dev"}
     ), "dev's containers are still there: the stop proved nothing"
     for stack in ("dev", "shared"):
-        _apply(platform, stack)
+        platform.apply(stack)
     stores.wait_until_read(marker)
 
 
@@ -161,7 +149,7 @@ def test_data_survives_a_redeploy(stores):
     platform, marker = stores.platform, _marker()
     stores.write(marker)
     for stack in ("dev", "shared"):
-        _apply(platform, stack)
+        platform.apply(stack)
     stores.wait_until_read(marker)
 
 

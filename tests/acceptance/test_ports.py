@@ -17,10 +17,7 @@ STACKS_WITH_IMAGES = {
 
 @pytest.fixture(scope="module")
 def everything(platform):
-    for stack, variables in STACKS_WITH_IMAGES.items():
-        for variable in variables:
-            platform.require(variable)
-        platform.deploy(stack)
+    platform.deploy_requiring(STACKS_WITH_IMAGES)
     return platform
 
 
