@@ -679,24 +679,8 @@ def restore_redis(
 
 
 def scale(client, service: str, replicas: int) -> None:
-    """Set a replicated service's replica count and nothing else.
-
-    The live spec goes back to the engine as it is, with only Mode changed (as `docker
-    service scale` does): the SDK's Service.scale rebuilds the task template from its own
-    defaults, which would differ from what the deploy made."""
-    attrs = client.api.inspect_service(service)
-    spec = attrs["Spec"]
-    client.api.update_service(
-        attrs["ID"],
-        attrs["Version"]["Index"],
-        task_template=spec["TaskTemplate"],
-        name=spec["Name"],
-        labels=spec.get("Labels"),
-        mode={"Replicated": {"Replicas": replicas}},
-        update_config=spec.get("UpdateConfig"),
-        rollback_config=spec.get("RollbackConfig"),
-        endpoint_spec=spec.get("EndpointSpec"),
-    )
+    """Set a replicated service's replica count and nothing else (as `docker service scale`)."""
+    engine.update_service_spec(client, service, mode={"Replicated": {"Replicas": replicas}})
 
 
 def _wait_no_containers(client, service: str, timeout: float) -> None:

@@ -36,6 +36,10 @@ class ServiceState:
     errors: tuple[str, ...] = field(default=())
     image: str = ""
     ports: tuple[str, ...] = field(default=())
+    # Tasks Swarm still means to run: running, starting, or waiting out the restart delay
+    # (desired state "ready"). None left on a service that should run means Swarm gave up.
+    live_tasks: int = 0
+    failed_tasks: int = 0  # tasks of its history that failed or were rejected
 
     @property
     def is_job(self) -> bool:
@@ -66,6 +70,30 @@ class ServiceState:
             and len(self.errors) >= 3
             and all("No such image" in error for error in self.errors)
         )
+
+    @property
+    def gave_up(self) -> bool:
+        """Swarm stopped retrying: fewer tasks run than wanted and none is left to start (a
+        restart policy with max_attempts reached, or tasks it cannot place)."""
+        return (
+            not self.is_job
+            and self.update_state not in ("updating", "rollback_started")
+            and self.running < self.desired
+            and self.live_tasks == 0
+        )
+
+    @property
+    def health(self) -> str:
+        """One word for the operator: ok, failed (rolled back), gave-up, retrying, starting."""
+        if self.converged:
+            return "ok"
+        if self.rolled_back:
+            return "failed"
+        if self.gave_up:
+            return "gave-up"
+        if self.running < self.desired and self.errors:
+            return "retrying"
+        return "starting"
 
     @property
     def rolled_back(self) -> bool:
@@ -106,6 +134,7 @@ def service_state(service) -> ServiceState:
     status = attrs.get("ServiceStatus") or {}
     tasks = service.tasks()
     wanted = [t for t in tasks if t.get("DesiredState") == "running"]
+    live = [t for t in tasks if t.get("DesiredState") in ("running", "ready")]
     # A task counts once it runs the service's current spec: right after an update, the old
     # tasks still run before Swarm reports the update as started.
     template = _comparable(spec["TaskTemplate"])
@@ -137,6 +166,8 @@ def service_state(service) -> ServiceState:
         errors=errors,
         image=image,
         ports=_ports(attrs),
+        live_tasks=len(live),
+        failed_tasks=sum(1 for t in tasks if t["Status"]["State"] in ("failed", "rejected")),
     )
 
 

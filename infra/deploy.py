@@ -219,9 +219,10 @@ def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) 
     for name in stack.disabled:
         rendered["services"].pop(name, None)
         report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")
+    services = engine.stack_services(client, stack.name, status=True)
     live = {
         service.name: (service.attrs["Spec"].get("Labels") or {}).get(LABEL_SPEC_HASH)
-        for service in engine.stack_services(client, stack.name)
+        for service in services
     }
     changed = {}
     for name, service in rendered["services"].items():
@@ -243,9 +244,34 @@ def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) 
     for name in removed:  # what --prune would do, for services dropped from the stack
         client.services.get(name).remove()
         report(f"stack {stack.name}: removed {name} (no longer in the stack)")
-    if not changed and not removed:
+    restarted = restart_given_up(
+        client,
+        [s for s in services if s.name.removeprefix(f"{stack.name}_") not in changed],
+        report,
+    )
+    if not changed and not removed and not restarted:
         report(f"{stack.name}: up to date, 0 services changed")
-    return [f"{stack.name}_{name}" for name in changed] + removed
+    return [f"{stack.name}_{name}" for name in changed] + removed + restarted
+
+
+def restart_given_up(client: docker.DockerClient, services: list, report: Report) -> list[str]:
+    """Start again, with a forced update, every service Swarm has stopped retrying (no task
+    left although it should run), so a deploy never waits for a service that cannot come
+    back by itself. Only services running fewer tasks than wanted are looked at closely."""
+    restarted = []
+    for service in services:
+        status = service.attrs.get("ServiceStatus") or {}
+        if status.get("RunningTasks", 0) >= status.get("DesiredTasks", 0):
+            continue
+        state = converge.service_state(service)
+        if state.gave_up:
+            engine.restart_service(client, state.name)
+            report(
+                f"{state.name}: Swarm had stopped retrying ({state.failed_tasks} failed tasks, "
+                "none left to start); restarting it"
+            )
+            restarted.append(state.name)
+    return restarted
 
 
 def _escape_dollars(value):

@@ -113,8 +113,10 @@ def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
     return True
 
 
-def stack_services(client: docker.DockerClient, stack: str) -> list:
-    return client.services.list(filters={"label": f"{STACK_NAMESPACE}={stack}"})
+def stack_services(client: docker.DockerClient, stack: str, status: bool = False) -> list:
+    """The stack's services; with `status`, each carries ServiceStatus (running and desired
+    task counts) at no extra API call."""
+    return client.services.list(filters={"label": f"{STACK_NAMESPACE}={stack}"}, status=status)
 
 
 def deployed_stacks(client: docker.DockerClient) -> set[str]:
@@ -218,3 +220,36 @@ def exec_with_stdin(
         out[1].decode(errors="replace"),
         out[2].decode(errors="replace"),
     )
+
+
+def update_service_spec(
+    client: docker.DockerClient,
+    service: str,
+    mode: dict | None = None,
+    task_template: dict | None = None,
+) -> None:
+    """Give the live spec back to the engine with only `mode` or `task_template` replaced.
+
+    The SDK's Service.scale and Service.update rebuild parts of the spec from their own
+    defaults, which would differ from what the deploy made; this changes nothing else."""
+    attrs = client.api.inspect_service(service)
+    spec = attrs["Spec"]
+    client.api.update_service(
+        attrs["ID"],
+        attrs["Version"]["Index"],
+        task_template=task_template or spec["TaskTemplate"],
+        name=spec["Name"],
+        labels=spec.get("Labels"),
+        mode=mode or spec["Mode"],
+        update_config=spec.get("UpdateConfig"),
+        rollback_config=spec.get("RollbackConfig"),
+        endpoint_spec=spec.get("EndpointSpec"),
+    )
+
+
+def restart_service(client: docker.DockerClient, service: str) -> None:
+    """New tasks for the service, its spec otherwise unchanged (`docker service update
+    --force`)."""
+    template = client.api.inspect_service(service)["Spec"]["TaskTemplate"]
+    template = {**template, "ForceUpdate": int(template.get("ForceUpdate", 0)) + 1}
+    update_service_spec(client, service, task_template=template)

@@ -96,7 +96,7 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
         lines.append(f"{stack}:")
         services = []
         for s in states:
-            health = "ok" if s.converged else ("failed" if s.rolled_back else "starting")
+            health = s.health
             lines.append(
                 f"  {s.name:<26} {f'{s.running}/{s.desired}':<10} {health:<10} "
                 f"{s.update_state or '-':<20} {s.image:<40} {', '.join(s.ports) or '-'}"
@@ -107,12 +107,22 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
                     "running": s.running,
                     "desired": s.desired,
                     "health": health,
+                    "failed_tasks": s.failed_tasks,
+                    "errors": list(s.errors) if not s.settled else [],
                     "update_state": s.update_state,
                     "image": s.image,
                     "ports": list(s.ports),
                 }
             )
-            if verbose and not s.settled:  # old errors of a service now running are history
+            if s.health == "gave-up":
+                lines.append(
+                    f"      Swarm stopped retrying ({s.failed_tasks} failed tasks, none left to "
+                    "start). Fix the cause, then `invoke deploy.*` restarts it."
+                )
+            elif s.health == "retrying":
+                lines.append(f"      retrying: {s.failed_tasks} failed tasks so far")
+            if (verbose or s.health in ("gave-up", "retrying")) and not s.settled:
+                # Old errors of a service now running are history.
                 lines += [f"      task error: {e}" for e in s.errors]
         rows.append({"stack": stack, "deployed": True, "services": services})
     if verbose:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from infra.deploy import spec_hash
 
 RENDERED = {
@@ -82,3 +84,25 @@ def test_a_new_service_whose_image_cannot_be_had_is_hopeless():
     assert not _state(running=0, pending_tasks=1, errors=errors[:2]).missing_image
     # During an update Swarm's failure action (rollback) decides, not us.
     assert not _state(running=0, update_state="updating", errors=errors).missing_image
+
+
+@pytest.mark.parametrize(
+    ("overrides", "health"),
+    [
+        ({}, "ok"),
+        ({"running": 0, "pending_tasks": 1, "live_tasks": 1}, "starting"),
+        ({"running": 0, "live_tasks": 1, "errors": ("rejected: bind source",)}, "retrying"),
+        ({"running": 0, "live_tasks": 0, "errors": ("rejected: bind source",)}, "gave-up"),
+        ({"running": 0, "update_state": "rollback_completed"}, "failed"),
+    ],
+    ids=["running", "starting", "retrying", "swarm-gave-up", "rolled-back"],
+)
+def test_status_tells_a_service_swarm_gave_up_on_from_one_starting(overrides, health):
+    assert _state(**overrides).health == health
+
+
+def test_a_service_with_no_task_to_start_gave_up_but_an_updating_one_has_not():
+    assert _state(running=0, live_tasks=0).gave_up
+    assert not _state(running=0, live_tasks=1).gave_up  # waiting out its restart delay
+    assert not _state(running=0, live_tasks=0, update_state="updating").gave_up
+    assert not _state(mode="replicated-job", running=0, live_tasks=0).gave_up

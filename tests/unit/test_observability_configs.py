@@ -22,7 +22,7 @@ DASHBOARD_DIR = CONFIGS / "grafana" / "dashboards"
 
 # Where the stack mounts things, and the addresses other services answer on.
 LOKI_DATA_MOUNT = "/loki"
-DASHBOARDS_MOUNT = "/var/lib/grafana/dashboards"
+DASHBOARDS_MOUNT = "/etc/grafana/dashboards"
 LOKI_PUSH_URL = "http://tasks.shared_loki:3100/loki/api/v1/push"
 EXPECTED_DATASOURCES = {
     "prometheus": ("prometheus", "http://tasks.shared_prometheus:9090"),

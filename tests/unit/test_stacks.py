@@ -169,6 +169,32 @@ def test_every_service_has_limits_reservations_and_policies(rendered):
         assert service["logging"]["options"]["max-size"], where
 
 
+def test_long_running_services_never_stop_retrying(rendered):
+    """A fault that outlasts a few restarts must not end a service for good (DESIGN 11)."""
+    stack, config = rendered
+    for name, service in config["services"].items():
+        policy = service["deploy"]["restart_policy"]
+        where = f"{stack.name}_{name}"
+        assert policy["condition"] == "any", where
+        assert policy.get("max_attempts", 0) == 0, where
+        assert policy["delay"], where  # a pause between attempts, not a tight loop
+
+
+def test_no_config_or_secret_is_mounted_inside_a_data_bind_mount(rendered):
+    """Docker would leave a root-owned mount point file in the data directory for each."""
+    stack, config = rendered
+    for name, service in config["services"].items():
+        binds = [
+            v["target"].rstrip("/") + "/"
+            for v in service.get("volumes", [])
+            if v.get("type") == "bind" and v["target"] != "/var/run/docker.sock"
+        ]
+        files = [c["target"] for c in service.get("configs", [])]
+        files += [s["target"] for s in service.get("secrets", []) if "/" in s.get("target", "")]
+        inside = [f for f in files for b in binds if f.startswith(b)]
+        assert not inside, f"{stack.name}_{name} mounts {inside} inside a bind mount"
+
+
 def test_health_checks_wherever_the_image_allows(rendered):
     stack, config = rendered
     for name, service in config["services"].items():
