@@ -303,3 +303,18 @@ def test_prometheus_is_not_routed_on_public_host_names(shared):
     shared.require("PROMETHEUS_IMAGE")
     domain = shared.settings.shared_domain
     assert shared.web(f"prometheus.{domain}", "/-/healthy").status_code == 404
+
+
+@pytest.mark.parametrize(("host", "variable"), [("n8n", "N8N_IMAGE"), ("grafana", "GRAFANA_IMAGE")])
+def test_metrics_are_scraped_inside_but_not_routed_publicly(shared, host, variable):
+    """/metrics is for Prometheus on the monitoring network; through Traefik (what the tunnel
+    reaches) the router leaves it out, while the rest of the UI is routed."""
+    shared.require(variable)
+    domain = shared.settings.shared_domain
+    for name in (f"{host}.localhost", f"{host}.{domain}"):
+        shared.wait_for(
+            lambda name=name: shared.web(name, "/").status_code in (200, 301, 302),
+            timeout=180,
+            what=f"{name} to be routed",
+        )
+        assert shared.web(name, "/metrics").status_code == 404, name
