@@ -285,9 +285,8 @@ def platform(request) -> Platform:
         outer=outer,
     )
     try:
-        swarm.start()
         refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
-        swarm.load_images(refs)
+        swarm.start(images=refs)
         settings, _ = swarm_settings(swarm, images, workdir)
         print(
             f"acceptance: swarm of {len(swarm.nodes)} node(s), manager {swarm.manager.engine_url}"

@@ -4,11 +4,21 @@ Nodes run the dind image (upstream docker:dind where present, else the stand-in)
 --privileged, which these machines refuse: every capability but SYS_RESOURCE is added
 explicitly, as ../shared/CI-MACHINE.md verified. The manager's engine is reached through a
 port published on 127.0.0.1, and so is every port of the platform's port table.
+
+Images reach the nodes through a seed: once per set of images, a dind engine loads them
+(`docker save | docker load`, about 2 minutes for the stand-ins) into a volume that is then
+kept; every later node starts on a copy of that volume's image store (hard links for the
+layer files, which the engine never writes again), in seconds. Where this machine's engine
+volumes cannot be reached as files (not root, a remote engine), each node loads the images.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -21,7 +31,12 @@ from docker.errors import APIError, DockerException, NotFound
 from tests.images import dind
 
 LABEL = "org.nextcandle.acceptance"
+SEED_LABEL = "org.nextcandle.acceptance-seed"
+SEED_LOCK = Path(os.environ.get("ACCEPTANCE_WORKDIR", "/var/tmp")) / "nextcandle-seed.lock"
 ENGINE_PORT = 2375
+# What a node's engine needs of the seed: the image store. Everything else (engine id,
+# networks, containerd state, the swarm) each engine makes for itself.
+SEED_PARTS = ("image", "overlay2")
 
 
 @dataclass
@@ -54,24 +69,33 @@ class DindSwarm:
     def network_name(self) -> str:
         return f"nc-acceptance-{self.run_id}"
 
-    def start(self, timeout: float = 120) -> None:
+    def start(self, images: tuple[str, ...] | list[str] = (), timeout: float = 120) -> None:
+        """Start the nodes with `images` in their engines, and form the swarm."""
         self.outer.networks.create(self.network_name, driver="bridge", labels={LABEL: self.run_id})
+        seed = self._image_seed(list(images)) if images else None
         for index in range(self.node_count):
-            self.nodes.append(self._start_node(index, publish=index == 0))
+            self.nodes.append(self._start_node(index, publish=index == 0, seed=seed))
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             self._wait_engine(node, deadline)
+        if images and seed is None:
+            self.load_images(list(images))
         self._form_swarm()
 
-    def _start_node(self, index: int, publish: bool) -> Node:
-        name = f"nc-node{index}-{self.run_id}"
+    def _start_node(
+        self, index: int, publish: bool, seed: Path | None = None, name: str = ""
+    ) -> Node:
+        name = name or f"nc-node{index}-{self.run_id}"
         ports = {ENGINE_PORT: ("127.0.0.1", None)}
         if publish:
             ports |= {port: ("127.0.0.1", None) for port in self.node_ports}
+        volume = self.outer.volumes.create(f"{name}-docker", labels={LABEL: self.run_id})
+        if seed is not None:
+            self._copy_seed(seed, Path(volume.attrs["Mountpoint"]))
         container = dind.create(
             self.outer,
             self.image,
-            f"{name}-docker",
+            volume.name,
             ports=ports,
             binds=[f"{self.data_root}:{self.data_root}:rw"],
             name=name,
@@ -178,9 +202,9 @@ class DindSwarm:
         with contextlib.suppress(NotFound, APIError):
             self.outer.volumes.get(f"{node.name}-docker").remove(force=True)
 
-    def load_images(self, refs: list[str]) -> None:
+    def load_images(self, refs: list[str], nodes: list[Node] | None = None) -> None:
         """Copy images from this machine's engine into every node (`docker save | load`)."""
-        for node in self.nodes:
+        for node in self.nodes if nodes is None else nodes:
             save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
             load = subprocess.run(
                 ["docker", "-H", node.engine_url, "load", "-q"],
@@ -192,6 +216,66 @@ class DindSwarm:
             save.wait()
             if save.returncode or load.returncode:
                 raise RuntimeError(f"loading images into {node.name} failed: {load.stderr}")
+
+    def _image_seed(self, refs: list[str]) -> Path | None:
+        """The directory of a kept volume whose image store holds exactly `refs` (built the
+        first time); None where engine volumes cannot be read as files here."""
+        if os.geteuid() != 0:
+            return None
+        ids = [self.outer.images.get(ref).id for ref in [self.image, *sorted(refs)]]
+        key = hashlib.sha256(" ".join([*SEED_PARTS, *ids]).encode()).hexdigest()[:12]
+        name = f"nc-acceptance-seed-{key}"
+        with SEED_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time, across sessions
+            kept = {v.name: v for v in self.outer.volumes.list(filters={"label": SEED_LABEL})}
+            if name in kept and f"{name}-complete" in kept:
+                path = Path(kept[name].attrs["Mountpoint"])
+                return path if path.is_dir() else None
+            for volume in kept.values():  # other image sets, or a build that was cut short
+                with contextlib.suppress(APIError):
+                    volume.remove(force=True)
+            volume = self.outer.volumes.create(name, labels={SEED_LABEL: key})
+            path = Path(volume.attrs["Mountpoint"])
+            if not path.is_dir():
+                volume.remove(force=True)
+                return None
+            self._fill_seed(name, refs)
+            self.outer.volumes.create(f"{name}-complete", labels={SEED_LABEL: key})
+            return path
+
+    def _fill_seed(self, volume: str, refs: list[str]) -> None:
+        builder_name = f"nc-seed-{self.run_id}"
+        container = dind.create(
+            self.outer,
+            self.image,
+            volume,
+            ports={ENGINE_PORT: ("127.0.0.1", None)},
+            name=builder_name,
+            hostname=builder_name,
+            labels={LABEL: self.run_id},
+        )
+        try:
+            container.start()
+            container.reload()
+            port = container.attrs["NetworkSettings"]["Ports"][f"{ENGINE_PORT}/tcp"][0]["HostPort"]
+            url = f"tcp://127.0.0.1:{port}"
+            node = Node(builder_name, container, url, docker.DockerClient(url, version="1.41"))
+            self._wait_engine(node, time.monotonic() + 120)
+            self.load_images(refs, nodes=[node])
+            container.stop(timeout=60)  # a clean shutdown: the store is consistent on disk
+        finally:
+            container.remove(force=True)
+
+    @staticmethod
+    def _copy_seed(seed: Path, target: Path) -> None:
+        """The seed's image store into a new node's volume: layer files hard-linked (the
+        engine never writes into an image layer; it renames new metadata files into place),
+        directories and everything else copied."""
+        for part in SEED_PARTS:
+            if (target / part).exists():
+                shutil.rmtree(target / part)
+            command = ["cp", "-a", "--link" if part == "overlay2" else "--reflink=auto"]
+            subprocess.run([*command, str(seed / part), str(target / part)], check=True)
 
     def remove(self) -> None:
         for container in self.outer.containers.list(
