@@ -21,6 +21,7 @@ from docker.errors import APIError, DockerException, NotFound
 from tests.images import dind
 
 LABEL = "org.nextcandle.acceptance"
+NODE_INIT = 'mount --make-rshared / && exec dockerd-entrypoint.sh "$@"'
 ENGINE_PORT = 2375
 
 
@@ -77,6 +78,11 @@ class DindSwarm:
             name=name,
             hostname=name,
             labels={LABEL: self.run_id},
+            # A node's / is a shared mount, as systemd makes it on a real host, so that
+            # rslave binds of it (node-exporter's /host) see the node's later mounts. A
+            # container's / is only a slave of the machine's; on every (re)start, before
+            # dockerd starts any task.
+            entrypoint=["sh", "-c", NODE_INIT, "dind-node"],
         )
         self.outer.networks.get(self.network_name).connect(container)
         container.start()
