@@ -122,6 +122,12 @@ ENVIRONMENTS: dict[str, Environment] = {
 # Host ports of the core stack (Traefik), published in host mode on the manager.
 CORE_PORTS: dict[str, int] = {"web": 80, "websecure": 443, "dashboard": 8080}
 
+# Ports of services that run in the node's own network namespace (the predefined `host`
+# network), by service: Swarm publishes nothing for them, they listen on every interface of
+# every node themselves. Prometheus scrapes them at each node's address; the firewall guards
+# them in INPUT (infra/firewall.py), not in DOCKER-USER.
+HOST_NETWORK_PORTS: dict[str, int] = {"node-exporter": 9100}
+
 
 @dataclass(frozen=True)
 class Stack:
@@ -172,4 +178,10 @@ def published_ports(stack: str) -> dict[str, int]:
 
 
 def port_variables() -> dict[str, str]:
-    return {f"TRAEFIK_{name.upper()}_PORT": str(port) for name, port in CORE_PORTS.items()}
+    return {
+        **{f"TRAEFIK_{name.upper()}_PORT": str(port) for name, port in CORE_PORTS.items()},
+        **{
+            f"{name.upper().replace('-', '_')}_PORT": str(port)
+            for name, port in HOST_NETWORK_PORTS.items()
+        },
+    }

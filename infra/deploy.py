@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from infra.plan import (
     plan_deploy,
 )
 from infra.settings import Settings
+from infra.targets import SwarmNode
 
 Report = Callable[[str], None]
 
@@ -50,8 +51,14 @@ class DeployResult:
     stacks: dict[str, list[converge.ServiceState]] = field(default_factory=dict)
 
 
-def prepare(settings: Settings, target: str, tunnel: bool = True) -> Plan:
-    """Check every input and compute the plan. Changes nothing; needs no Docker daemon."""
+def prepare(
+    settings: Settings,
+    target: str,
+    tunnel: bool = True,
+    nodes: Sequence[SwarmNode] | None = None,
+) -> Plan:
+    """Check every input and compute the plan. Changes nothing; needs no Docker daemon (the
+    swarm's nodes, when known, are given)."""
     targets = deploy_order(target)
     if CORE in targets and tunnel and not settings.tunnel_token:
         raise SettingsError(
@@ -68,7 +75,7 @@ def prepare(settings: Settings, target: str, tunnel: bool = True) -> Plan:
     if settings.secrets_file.exists():
         values = secrets.with_env_tokens(secrets.load(settings), settings)
     check_data_root(settings.data_root)
-    return plan_deploy(targets, settings, values, tunnel)
+    return plan_deploy(targets, settings, values, tunnel, nodes)
 
 
 def check_data_root(data_root: Path) -> None:
@@ -166,10 +173,12 @@ def apply(
         result.secrets_file_written = secrets.generate(settings)
         if result.secrets_file_written:
             report(f"secrets: wrote {settings.secrets_file} (mode 0600)")
-        plan = prepare(settings, target, tunnel)
     result.swarm_initialised = engine.ensure_swarm(client, settings.get("SWARM_ADVERTISE_ADDR"))
     if result.swarm_initialised:
         report("swarm: initialised a single-node swarm")
+    # Planned again with the secrets now written and the swarm's nodes (the targets of
+    # Prometheus's node-exporter job).
+    plan = prepare(settings, target, tunnel, engine.swarm_nodes(client))
     for network in plan.networks:
         if engine.ensure_network(client, network):
             result.networks_created.append(network)
@@ -185,6 +194,9 @@ def apply(
             if engine.ensure_secret(client, obj):
                 result.secrets_created.append(obj.name)
                 report(f"secret: created {obj.name}")
+        for obj in stack.configs:
+            if obj.generated and engine.ensure_config(client, obj):
+                report(f"config: created {obj.name} <- {obj.source}")
         handed_over.append((stack, deploy_stack(client, stack, report=report)))
     if not wait:
         return result

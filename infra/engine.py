@@ -18,6 +18,7 @@ from docker.errors import APIError, DockerException, NotFound
 
 from infra.errors import EngineError
 from infra.plan import LABEL_STACK, DockerObject
+from infra.targets import SwarmNode
 
 STACK_NAMESPACE = "com.docker.stack.namespace"
 
@@ -111,6 +112,28 @@ def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
             return False
         raise EngineError(f"creating secret {obj.name} failed: {exc.explanation}") from None
     return True
+
+
+def ensure_config(client: docker.DockerClient, obj: DockerObject) -> bool:
+    """Create a content-named config infra generated, unless it exists. It carries the stack
+    label `docker stack deploy` puts on the configs it creates, so it is pruned like them.
+    Returns True if it was created."""
+    if obj.name in {c.name for c in client.configs.list(filters={"name": obj.name})}:
+        return False
+    try:
+        client.configs.create(
+            name=obj.name, data=obj.data, labels={**obj.labels, STACK_NAMESPACE: obj.stack}
+        )
+    except APIError as exc:
+        if exc.status_code == 409:  # created meanwhile by another deploy: same content
+            return False
+        raise EngineError(f"creating config {obj.name} failed: {exc.explanation}") from None
+    return True
+
+
+def swarm_nodes(client: docker.DockerClient) -> list[SwarmNode]:
+    """The swarm's nodes, as the plan needs them (a manager's view)."""
+    return [SwarmNode.from_api(node.attrs) for node in client.nodes.list()]
 
 
 def stack_services(client: docker.DockerClient, stack: str, status: bool = False) -> list:

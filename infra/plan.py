@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from infra import catalog
+from infra import catalog, targets
 from infra.catalog import CORE, ENVIRONMENTS, NETWORKS, RUNNER, SHARED
 from infra.errors import SettingsError
 from infra.secrets import render_secret
@@ -45,6 +45,7 @@ class DockerObject:
     name: str
     source: str  # where the content comes from, for people: a file path or secrets.yml
     data: bytes = field(repr=False, compare=False)
+    generated: bool = False  # made by infra (not `docker stack deploy`), like secrets
 
     @property
     def variable(self) -> str:
@@ -176,14 +177,39 @@ def _read_stack_file(path: Path) -> dict:
     return data
 
 
+# Configs a stack file declares `external: true`: infra makes their content, here from the
+# swarm's node list, and creates them before the deploy (their names carry its hash).
+GENERATED_CONFIGS = {targets.NODE_TARGETS_KEY: targets.node_exporter_targets}
+
+
+def _generated_config(
+    stack: str, key: str, nodes: Sequence[targets.SwarmNode] | None, where: str
+) -> DockerObject:
+    if key not in GENERATED_CONFIGS:
+        raise SettingsError(
+            f"{where}: config {key} is external, and infra generates none of that name. "
+            f"Give it a file: (generated: {', '.join(sorted(GENERATED_CONFIGS))})."
+        )
+    if nodes is None:
+        return DockerObject(
+            "config", stack, key, f"{stack}_{key}-<from the swarm>", targets.UNKNOWN, b"", True
+        )
+    data = GENERATED_CONFIGS[key](nodes)
+    return DockerObject(
+        "config", stack, key, versioned_name(stack, key, data), targets.describe(nodes), data, True
+    )
+
+
 def plan_stack(
     stack: str,
     settings: Settings,
     secret_values: Mapping[str, str] | None,
     tunnel: bool = True,
+    nodes: Sequence[targets.SwarmNode] | None = None,
 ) -> StackPlan:
     """What deploying one stack needs. Without secret values (secrets.yml not yet generated),
-    secret names carry a placeholder hash."""
+    secret names carry a placeholder hash; so do configs generated from the swarm's nodes
+    without `nodes` (a plan made without a daemon)."""
     files = stack_files(stack, tunnel, settings.stacks_dir, host_ports(stack, settings))
     variables = stack_variables(stack, settings)
     secrets: dict[str, DockerObject] = {}
@@ -193,6 +219,9 @@ def plan_stack(
     for path in files:
         document = _read_stack_file(path)
         for key, spec in (document.get("configs") or {}).items():
+            if spec.get("external"):
+                configs[key] = _generated_config(stack, key, nodes, path.name)
+                continue
             source = Path(
                 interpolate(str(spec.get("file", "")), variables, f"{path.name} config {key}")
             )
@@ -272,12 +301,13 @@ def deploy_order(target: str) -> tuple[str, ...]:
 
 
 def plan_deploy(
-    targets: tuple[str, ...],
+    stack_names: tuple[str, ...],
     settings: Settings,
     secret_values: Mapping[str, str] | None,
     tunnel: bool = True,
+    nodes: Sequence[targets.SwarmNode] | None = None,
 ) -> Plan:
-    stacks = tuple(plan_stack(name, settings, secret_values, tunnel) for name in targets)
+    stacks = tuple(plan_stack(name, settings, secret_values, tunnel, nodes) for name in stack_names)
     return Plan(networks=NETWORKS, stacks=stacks, generate_secrets=secret_values is None)
 
 

@@ -33,6 +33,7 @@ from tests.images import dind
 LABEL = "org.nextcandle.acceptance"
 SEED_LABEL = "org.nextcandle.acceptance-seed"
 SEED_LOCK = Path(os.environ.get("ACCEPTANCE_WORKDIR", "/var/tmp")) / "nextcandle-seed.lock"
+NODE_INIT = 'mount --make-rshared / && exec dockerd-entrypoint.sh "$@"'
 ENGINE_PORT = 2375
 # What a node's engine needs of the seed: the image store. Everything else (engine id,
 # networks, containerd state, the swarm) each engine makes for itself.
@@ -101,6 +102,11 @@ class DindSwarm:
             name=name,
             hostname=name,
             labels={LABEL: self.run_id},
+            # A node's / is a shared mount, as systemd makes it on a real host, so that
+            # rslave binds of it (node-exporter's /host) see the node's later mounts. A
+            # container's / is only a slave of the machine's; on every (re)start, before
+            # dockerd starts any task.
+            entrypoint=["sh", "-c", NODE_INIT, "dind-node"],
         )
         self.outer.networks.get(self.network_name).connect(container)
         container.start()

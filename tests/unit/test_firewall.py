@@ -1,6 +1,7 @@
-"""The DOCKER-USER firewall: the rules planned for given settings, idempotence read from
-`iptables -S`, FIREWALL_ALLOW validation, and (as root) the real thing in a throwaway network
-namespace, never in the machine's own rules."""
+"""The firewall: DOCKER-USER for published ports, INPUT (iptables and ip6tables) for the ports
+of services on the node's own network; the rules planned for given settings, idempotence
+read from `iptables -S`, FIREWALL_ALLOW validation, and (as root) the real thing in a
+throwaway network namespace, never in the machine's own rules."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import textwrap
 
 import pytest
 
-from infra import firewall
+from infra import catalog, firewall
 from infra.catalog import CORE_PORTS, ENVIRONMENTS
 from infra.errors import SettingsError
 from infra.settings import REPO_ROOT, load_settings
@@ -24,6 +25,10 @@ ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
 
 def _drop(port: int) -> str:
     return f"-p tcp -m conntrack --ctstate DNAT --ctorigdstport {port} --ctdir ORIGINAL -j DROP"
+
+
+NODE_EXPORTER = "-p tcp -m tcp --dport 9100 -j DROP"
+INPUT_RULES = [ESTABLISHED, "-i lo -j RETURN", "-i docker+ -j RETURN", "-i br-+ -j RETURN"]
 
 
 def _settings(environ, **values):
@@ -48,6 +53,41 @@ def test_rules_for_the_default_settings_are_exact(environ):
         f"iptables -w -A NEXTCANDLE {_drop(6379)}",
         f"iptables -w -A NEXTCANDLE {_drop(8080)}",
         "iptables -w -I DOCKER-USER 1 -j NEXTCANDLE",
+        "iptables -w -N NEXTCANDLE-INPUT",
+        "iptables -w -F NEXTCANDLE-INPUT",
+        *(f"iptables -w -A NEXTCANDLE-INPUT {rule}" for rule in INPUT_RULES),
+        f"iptables -w -A NEXTCANDLE-INPUT {NODE_EXPORTER}",
+        "iptables -w -I INPUT 1 -j NEXTCANDLE-INPUT",
+    ]
+
+
+def test_the_host_network_port_comes_from_the_one_port_table(environ, monkeypatch):
+    monkeypatch.setitem(catalog.HOST_NETWORK_PORTS, "node-exporter", 9200)
+    rules = [" ".join(rule) for rule in firewall.input_rules(_settings(environ))]
+    assert rules[-1] == "-p tcp -m tcp --dport 9200 -j DROP"
+    assert catalog.port_variables()["NODE_EXPORTER_PORT"] == "9200"
+
+
+def test_input_rules_allow_the_node_its_containers_and_allowed_networks_only(environ):
+    settings = _settings(environ, FIREWALL_ALLOW="10.0.0.0/8,192.0.2.7")
+    ipv4 = [" ".join(rule) for rule in firewall.input_rules(settings)]
+    ipv6 = [" ".join(rule) for rule in firewall.input_rules(settings, ipv6=True)]
+    allowed = ["-s 10.0.0.0/8 -j RETURN", "-s 192.0.2.7/32 -j RETURN"]
+    assert ipv4 == [*INPUT_RULES, *allowed, NODE_EXPORTER]
+    assert ipv6 == [*INPUT_RULES, NODE_EXPORTER]  # FIREWALL_ALLOW holds IPv4 networks only
+
+
+def test_the_ipv6_chain_is_planned_when_ip6tables_was_read(environ):
+    ip6 = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n"
+    commands = _lines(
+        firewall.plan(_settings(environ), {"iptables": DOCKER_ONLY, "ip6tables": ip6}).commands()
+    )
+    assert [c for c in commands if c.startswith("ip6tables")] == [
+        "ip6tables -w -N NEXTCANDLE-INPUT",
+        "ip6tables -w -F NEXTCANDLE-INPUT",
+        *(f"ip6tables -w -A NEXTCANDLE-INPUT {rule}" for rule in INPUT_RULES),
+        f"ip6tables -w -A NEXTCANDLE-INPUT {NODE_EXPORTER}",
+        "ip6tables -w -I INPUT 1 -j NEXTCANDLE-INPUT",
     ]
 
 
@@ -83,17 +123,28 @@ def test_plan_without_the_current_rules_marks_the_conditional_steps(environ):
     assert conditional == {
         "iptables -w -N NEXTCANDLE": "the chain is missing",
         "iptables -w -I DOCKER-USER 1 -j NEXTCANDLE": "DOCKER-USER does not jump to NEXTCANDLE yet",
+        "iptables -w -N NEXTCANDLE-INPUT": "NEXTCANDLE-INPUT is missing",
+        "iptables -w -I INPUT 1 -j NEXTCANDLE-INPUT": "INPUT does not jump to NEXTCANDLE-INPUT yet",
+        "ip6tables -w -N NEXTCANDLE-INPUT": "ip6tables: NEXTCANDLE-INPUT is missing",
+        "ip6tables -w -I INPUT 1 -j NEXTCANDLE-INPUT": (
+            "ip6tables: INPUT does not jump to NEXTCANDLE-INPUT yet"
+        ),
     }
     text = firewall.format_plan(plan)
     assert "# only if the chain is missing:\niptables -w -N NEXTCANDLE\n" in text
+    assert "# 9100 (shared node-exporter). With several swarm nodes," in text
 
 
 def _applied(settings, extra: str = "") -> str:
     """`iptables -S` as it reads after our rules were applied (and other rules, `extra`)."""
     rules = "".join(f"-A NEXTCANDLE {' '.join(rule)}\n" for rule in firewall.chain_rules(settings))
+    inputs = "".join(
+        f"-A NEXTCANDLE-INPUT {' '.join(rule)}\n" for rule in firewall.input_rules(settings)
+    )
     return (
-        "-P FORWARD DROP\n-N DOCKER-USER\n-N NEXTCANDLE\n"
-        f"-A DOCKER-USER -j NEXTCANDLE\n{extra}-A DOCKER-USER -j RETURN\n{rules}"
+        "-P INPUT ACCEPT\n-P FORWARD DROP\n-N DOCKER-USER\n-N NEXTCANDLE\n-N NEXTCANDLE-INPUT\n"
+        "-A INPUT -j NEXTCANDLE-INPUT\n"
+        f"-A DOCKER-USER -j NEXTCANDLE\n{extra}-A DOCKER-USER -j RETURN\n{rules}{inputs}"
     )
 
 
@@ -116,7 +167,31 @@ def test_state_lists_in_another_order_still_verify(environ):
 def test_changed_settings_do_not_verify(environ):
     before = _applied(_settings(environ))
     after = _settings(environ, FIREWALL_ALLOW="10.0.0.0/8")
-    assert firewall.verify(after, before) == ["NEXTCANDLE holds 8 rules, not the 9 planned"]
+    assert firewall.verify(after, before) == [
+        "NEXTCANDLE holds 8 rules, not the 9 planned",
+        "NEXTCANDLE-INPUT holds 5 rules, not the 6 planned",
+    ]
+
+
+def test_a_missing_input_chain_is_planned_and_reported(environ):
+    settings = _settings(environ)
+    current = "\n".join(
+        line for line in _applied(settings).splitlines() if "NEXTCANDLE-INPUT" not in line
+    )
+    assert firewall.verify(settings, current) == [
+        "chain NEXTCANDLE-INPUT is missing",
+        "INPUT does not jump to NEXTCANDLE-INPUT",
+    ]
+    commands = _lines(firewall.plan(settings, current).commands())
+    assert commands[0] == "iptables -w -F NEXTCANDLE"
+    start = commands.index("iptables -w -N NEXTCANDLE-INPUT")
+    assert commands[start:] == [
+        "iptables -w -N NEXTCANDLE-INPUT",
+        "iptables -w -F NEXTCANDLE-INPUT",
+        *(f"iptables -w -A NEXTCANDLE-INPUT {rule}" for rule in INPUT_RULES),
+        f"iptables -w -A NEXTCANDLE-INPUT {NODE_EXPORTER}",
+        "iptables -w -I INPUT 1 -j NEXTCANDLE-INPUT",
+    ]
 
 
 def test_a_missing_jump_is_planned_and_reported(environ):
@@ -124,8 +199,11 @@ def test_a_missing_jump_is_planned_and_reported(environ):
     current = _applied(settings).replace("-A DOCKER-USER -j NEXTCANDLE\n", "")
     assert firewall.verify(settings, current) == ["DOCKER-USER does not jump to NEXTCANDLE"]
     commands = _lines(firewall.plan(settings, current).commands())
-    assert commands[-1] == "iptables -w -I DOCKER-USER 1 -j NEXTCANDLE"
+    assert [c for c in commands if "DOCKER-USER" in c] == [
+        "iptables -w -I DOCKER-USER 1 -j NEXTCANDLE"
+    ]
     assert "iptables -w -N NEXTCANDLE" not in commands
+    assert not [c for c in commands if c.startswith("iptables -w -I INPUT")]
 
 
 def test_state_parsing_ignores_rules_that_only_mention_the_chain():
@@ -149,6 +227,9 @@ def test_removal_takes_out_every_jump_then_the_chain(environ):
         "iptables -w -D DOCKER-USER -j NEXTCANDLE",
         "iptables -w -F NEXTCANDLE",
         "iptables -w -X NEXTCANDLE",
+        "iptables -w -D INPUT -j NEXTCANDLE-INPUT",
+        "iptables -w -F NEXTCANDLE-INPUT",
+        "iptables -w -X NEXTCANDLE-INPUT",
     ]
     assert firewall.removal(DOCKER_ONLY) == []
 
@@ -217,21 +298,38 @@ def test_apply_twice_in_a_fresh_namespace_adds_one_jump_and_leaves_other_rules(e
         {INVOKE} firewall.apply
         echo "--- rules"
         iptables -S
+        echo "--- ip6"
+        ip6tables -S
         """,
         {**environ, "FIREWALL_ALLOW": "10.0.0.0/8"},
     )
     assert result.returncode == 0, result.stderr
     first, rest = result.stdout.split("--- second\n")
-    second, rules = rest.split("--- rules\n")
-    assert "firewall: applied (12 iptables commands)" in first
-    assert second == "firewall: NEXTCANDLE is up to date, nothing changed\n"
+    second, rest = rest.split("--- rules\n")
+    rules, ip6 = rest.split("--- ip6\n")
+    # 12 in DOCKER-USER's chain, 9 in INPUT's, 8 in ip6tables' INPUT's (no FIREWALL_ALLOW).
+    assert "firewall: applied (29 iptables commands)" in first
+    assert second == "firewall: NEXTCANDLE and NEXTCANDLE-INPUT are up to date, nothing changed\n"
+    assert [line for line in rules.splitlines() if "NEXTCANDLE-INPUT" in line] == [
+        "-N NEXTCANDLE-INPUT",
+        "-A INPUT -j NEXTCANDLE-INPUT",
+        *(f"-A NEXTCANDLE-INPUT {rule}" for rule in INPUT_RULES),
+        "-A NEXTCANDLE-INPUT -s 10.0.0.0/8 -j RETURN",
+        f"-A NEXTCANDLE-INPUT {NODE_EXPORTER}",
+    ]
+    assert [line for line in ip6.splitlines() if "NEXTCANDLE" in line] == [
+        "-N NEXTCANDLE-INPUT",
+        "-A INPUT -j NEXTCANDLE-INPUT",
+        *(f"-A NEXTCANDLE-INPUT {rule}" for rule in INPUT_RULES),
+        f"-A NEXTCANDLE-INPUT {NODE_EXPORTER}",
+    ]
     docker_user = [line for line in rules.splitlines() if line.startswith("-A DOCKER-USER")]
     assert docker_user == [
         "-A DOCKER-USER -j NEXTCANDLE",
         "-A DOCKER-USER -s 203.0.113.9/32 -j DROP",
         "-A DOCKER-USER -j RETURN",
     ]
-    ours = [line for line in rules.splitlines() if line.startswith("-A NEXTCANDLE")]
+    ours = [line for line in rules.splitlines() if line.startswith("-A NEXTCANDLE ")]
     assert ours == [
         f"-A NEXTCANDLE {ESTABLISHED}",
         "-A NEXTCANDLE -i docker+ -j RETURN",
@@ -254,12 +352,18 @@ def test_changed_settings_refill_the_chain_and_remove_restores_docker_user(envir
         {INVOKE} firewall.remove
         echo "--- removed"
         iptables -S
+        echo "--- removed6"
+        ip6tables -S
         """,
         environ,
     )
     assert result.returncode == 0, result.stderr
     changed, removed = result.stdout.split("--- changed\n")[1].split("--- removed\n")
+    removed, removed6 = removed.split("--- removed6\n")
     assert changed.count("-A DOCKER-USER -j NEXTCANDLE") == 1
+    assert changed.count("-A INPUT -j NEXTCANDLE-INPUT") == 1
+    assert "-A NEXTCANDLE-INPUT -s 192.0.2.0/24 -j RETURN" in changed
+    assert removed6.splitlines() == ["-P INPUT ACCEPT", "-P FORWARD ACCEPT", "-P OUTPUT ACCEPT"]
     assert "-A NEXTCANDLE -s 192.0.2.0/24 -j RETURN" in changed
     assert f"-A NEXTCANDLE {_drop(5434)}" in changed
     assert removed.splitlines() == [
@@ -381,4 +485,61 @@ def test_only_allowed_sources_reach_a_published_port_and_containers_still_go_out
         "10.9.0.2->10.9.0.1:5432 ok",
         "10.9.0.3->10.9.0.1:5432 blocked (TimeoutError)",
         "172.31.0.2->10.9.0.3:443 ok",
+    ]
+
+
+@needs_netns
+def test_only_the_node_its_containers_and_allowed_sources_reach_a_host_network_port(environ):
+    """node-exporter on the host network: the node itself listens (no DNAT, INPUT). A remote
+    with an allowed and a disallowed address, over IPv4 and IPv6, and a container behind a
+    Docker bridge (named like docker_gwbridge) connect to it; loopback too."""
+    python = sys.executable
+    serve6 = SERVE.replace("create_server((\"0.0.0.0\", int(sys.argv[1])))",
+                           "create_server((\"::\", int(sys.argv[1])), family=socket.AF_INET6, "
+                           "dualstack_ipv6=True)")  # fmt: skip
+    probe6 = PROBE.replace("s = socket.socket()", "s = socket.socket(socket.AF_INET "
+                           "if \".\" in source else socket.AF_INET6)")  # fmt: skip
+    result = in_netns(
+        f"""
+        cleanup() {{ kill $CTR $REMOTE 2>/dev/null || true; }}
+        trap cleanup EXIT
+        ip link set lo up
+        unshare --net sleep 100 & CTR=$!
+        unshare --net sleep 100 & REMOTE=$!
+        for pid in $CTR $REMOTE; do
+            while [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/$$/ns/net)" ]; do
+                sleep 0.05
+            done
+        done
+        ip link add docker_gwb0 type veth peer name eth0 netns $CTR
+        ip link add ext0 type veth peer name eth0 netns $REMOTE
+        ip addr add 172.31.0.1/24 dev docker_gwb0 && ip link set docker_gwb0 up
+        ip addr add 10.9.0.1/24 dev ext0 && ip addr add fd00:9::1/64 dev ext0 nodad
+        ip link set ext0 up
+        nsenter -t $CTR -n sh -ec 'ip link set lo up; ip addr add 172.31.0.2/24 dev eth0
+            ip link set eth0 up'
+        nsenter -t $REMOTE -n sh -ec 'ip link set lo up; ip link set eth0 up
+            ip addr add 10.9.0.2/24 dev eth0; ip addr add 10.9.0.3/24 dev eth0
+            ip addr add fd00:9::3/64 dev eth0 nodad'
+        iptables -N DOCKER-USER
+        {python} -c '{serve6}' 9100 & SERVER=$!
+        trap 'kill $SERVER; cleanup' EXIT
+        sleep 1
+        probe() {{ nsenter -t $1 -n {python} -c '{probe6}' $2 $3 9100; }}
+        {INVOKE} firewall.apply >/dev/null
+        probe $REMOTE 10.9.0.2 10.9.0.1
+        probe $REMOTE 10.9.0.3 10.9.0.1
+        probe $REMOTE fd00:9::3 fd00:9::1
+        probe $CTR 172.31.0.2 172.31.0.1
+        probe $$ 127.0.0.1 127.0.0.1
+        """,
+        {**environ, "FIREWALL_ALLOW": "10.9.0.2"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "10.9.0.2->10.9.0.1:9100 ok",
+        "10.9.0.3->10.9.0.1:9100 blocked (TimeoutError)",
+        "fd00:9::3->fd00:9::1:9100 blocked (TimeoutError)",
+        "172.31.0.2->172.31.0.1:9100 ok",
+        "127.0.0.1->127.0.0.1:9100 ok",
     ]

@@ -7,8 +7,10 @@ from infra.catalog import CORE_PORTS, DATA_OWNERS, ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
 from infra.secrets import generate_values, with_env_tokens
 from infra.settings import REPO_ROOT, load_settings
+from infra.targets import SwarmNode
 
 ALL_STACKS = list(STACKS)
+NODES = (SwarmNode("node-a", "10.0.0.2"), SwarmNode("node-b", "10.0.0.3"))
 
 
 @pytest.fixture
@@ -21,8 +23,8 @@ def values(settings):
 
 @pytest.mark.parametrize("stack", ALL_STACKS)
 def test_names_are_content_hashed_and_stable(settings, values, stack):
-    first = planning.plan_stack(stack, settings, values)
-    second = planning.plan_stack(stack, settings, values)
+    first = planning.plan_stack(stack, settings, values, nodes=NODES)
+    second = planning.plan_stack(stack, settings, values, nodes=NODES[::-1])
     for obj in (*first.secrets, *first.configs):
         assert obj.name == planning.versioned_name(stack, obj.key, obj.data)
         assert obj.name.startswith(f"{stack}_{obj.key}-")

@@ -126,9 +126,18 @@ def test_firewall_plan_needs_no_daemon_and_lists_the_published_ports(operator_en
     result = run(["firewall.plan"], operator_env)
     assert result.returncode == 0, result.stderr
     drops = [line for line in result.stdout.splitlines() if line.endswith("-j DROP")]
-    ports = sorted(int(line.split("--ctorigdstport ")[1].split()[0]) for line in drops)
+    published = [line for line in drops if " -A NEXTCANDLE " in line]
+    ports = sorted(int(line.split("--ctorigdstport ")[1].split()[0]) for line in published)
     assert ports == [80, 443, 5432, 5433, 6379, 8080]
     assert "iptables -w -A NEXTCANDLE -s 192.0.2.0/24 -j RETURN" in result.stdout
+    host_network = [line for line in drops if " -A NEXTCANDLE-INPUT " in line]
+    # ip6tables' too, unless the plan was read from a machine without IPv6.
+    assert host_network[0] == "iptables -w -A NEXTCANDLE-INPUT -p tcp -m tcp --dport 9100 -j DROP"
+    assert host_network[1:] in (
+        [],
+        ["ip6tables -w -A NEXTCANDLE-INPUT -p tcp -m tcp --dport 9100 -j DROP"],
+    )
+    assert "iptables -w -A NEXTCANDLE-INPUT -s 192.0.2.0/24 -j RETURN" in result.stdout
 
 
 def test_bad_firewall_network_is_one_line(operator_env):
