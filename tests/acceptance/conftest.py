@@ -222,7 +222,7 @@ class Platform:
         headers = {"Host": host, **kwargs.pop("headers", {})}
         return requests.get(url, headers=headers, timeout=10, **kwargs)
 
-    def wait_for(self, check, timeout: float = 120, interval: float = 2, what: str = ""):
+    def wait_for(self, check, timeout: float = 120, interval: float = 0.5, what: str = ""):
         """Poll `check` until it returns a truthy value; fail with its last result or error."""
         deadline = time.monotonic() + timeout
         last: object = None
