@@ -198,10 +198,11 @@ class PromtoolResult:
         return self.exit_code == 0
 
 
-def _archive(files: Mapping[str, bytes]) -> bytes:
+def _archive(files: Mapping[str, bytes | str]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
             info = tarfile.TarInfo(f"{CHECK_DIR.lstrip('/')}/{name}")
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -209,7 +210,7 @@ def _archive(files: Mapping[str, bytes]) -> bytes:
 
 
 def run_promtool(
-    client, image: str, args: list[str], files: Mapping[str, bytes], timeout: float = 120
+    client, image: str, args: list[str], files: Mapping[str, bytes | str], timeout: float = 120
 ) -> PromtoolResult:
     """`promtool ARGS` in `image` on the engine of `client`, with `files` copied into its
     working directory (copied, not bind-mounted: the image's user reads them whatever the
