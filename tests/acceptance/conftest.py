@@ -30,10 +30,19 @@ from infra import catalog, converge, deploy, secrets
 from infra.catalog import CORE_PORTS, ENVIRONMENTS
 from infra.settings import REPO_ROOT, STACKS_DIR, Settings, load_settings
 from tests.acceptance.dind import DindSwarm
-from tests.acceptance.images import ImageChoice, choose_images
+from tests.acceptance.images import (
+    REQUIRE_IMAGES,
+    ImageChoice,
+    choose_images,
+    missing_image_outcome,
+)
 
 DEPLOY_TIMEOUT = float(os.environ.get("ACCEPTANCE_DEPLOY_TIMEOUT", "600"))
 WORK_PARENT = os.environ.get("ACCEPTANCE_WORKDIR", "/var/tmp")
+# A directory for each failing test's swarm state and service logs (the GitHub workflow
+# uploads it); unset: nothing is written.
+ARTIFACTS = "ACCEPTANCE_ARTIFACTS"
+ARTIFACT_LOG_LINES = 200
 
 
 def pytest_addoption(parser):
@@ -157,8 +166,20 @@ class Platform:
             self.deploy(stack)
 
     def require(self, variable: str) -> str:
+        """The image reference for `variable`; without one the test skips, naming the image,
+        or fails where ACCEPTANCE_REQUIRE_IMAGES=true."""
         choice = self.images[variable]
         if choice.ref is None:
+            try:
+                outcome = missing_image_outcome()
+            except ValueError as exc:
+                pytest.fail(str(exc), pytrace=False)
+            if outcome == "fail":
+                pytest.fail(
+                    f"{variable}: {choice.reason} ({REQUIRE_IMAGES}=true: no test may skip "
+                    "for want of an image)",
+                    pytrace=False,
+                )
             pytest.skip(f"{variable}: {choice.reason}")
         return choice.ref
 
@@ -248,6 +269,29 @@ class Platform:
                     lines += [f"  log: {line}" for line in tail]
         return "\n".join(lines)
 
+    def service_logs(self, lines: int = ARTIFACT_LOG_LINES) -> str:
+        """The last log lines of every service in the swarm, converged or not."""
+        text = []
+        for service in sorted(self.client.services.list(), key=lambda s: s.name):
+            text.append(f"--- {service.name}")
+            text += converge.service_log_tail(self.client, service.name, lines=lines)
+        return "\n".join(text)
+
+
+def write_failure_artifact(directory: Path, nodeid: str, phase: str, platform: Platform) -> Path:
+    """The swarm state and every service's last log lines, in one file per failing test."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', nodeid)[:180]}.{phase}.txt"
+    parts = [f"{nodeid}: {phase} failed"]
+    for title, read in (("swarm state", platform.dump), ("service logs", platform.service_logs)):
+        try:
+            text = read()
+        except Exception as exc:  # noqa: BLE001 - the artifact must never hide the failure
+            text = f"could not read it: {exc}"
+        parts += ["", f"=== {title}", text]
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
 
 @pytest.fixture(scope="session")
 def platform(request) -> Platform:
@@ -314,6 +358,14 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append(("swarm state", platform.dump()))
             except Exception as exc:  # noqa: BLE001 - the dump must never hide the failure
                 report.sections.append(("swarm state", f"could not read it: {exc}"))
+    artifacts = os.environ.get(ARTIFACTS)
+    if artifacts and report.failed and report.when in ("setup", "call"):
+        platform = item.funcargs.get("platform")
+        if isinstance(platform, Platform):
+            try:
+                write_failure_artifact(Path(artifacts), item.nodeid, report.when, platform)
+            except OSError as exc:
+                report.sections.append(("failure artifact", f"could not write it: {exc}"))
 
 
 def expected_ports() -> set[int]:

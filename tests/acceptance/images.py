@@ -8,10 +8,28 @@ the image; it is never counted as passed.
 
 from __future__ import annotations
 
+import argparse
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
+import yaml
 from docker.errors import ImageNotFound
+
+from infra import catalog, plan
+from infra.settings import STACKS_DIR, load_settings
+
+# Set in the GitHub workflow, which pulls the upstream images: there a test that would skip
+# for want of an image fails instead.
+REQUIRE_IMAGES = "ACCEPTANCE_REQUIRE_IMAGES"
+# What the suite deploys: every stack of `deploy.all`, core without the tunnel
+# (Platform.deploy passes tunnel=False); never the runner.
+SUITE_STACKS = catalog.DEPLOY_ALL
+# Images the suite runs itself, beside the services: its swarm's nodes.
+SUITE_TOOLS = ("DIND_IMAGE",)
 
 
 @dataclass(frozen=True)
@@ -60,3 +78,48 @@ def choose_images(client: docker.DockerClient, upstream: dict[str, str]) -> dict
                 variable, ref, None, f"{ref} cannot be pulled here and {reason}"
             )
     return choices
+
+
+def missing_image_outcome(environ: Mapping[str, str] = os.environ) -> str:
+    """What a test does when its image is missing: "skip", or "fail" where
+    ACCEPTANCE_REQUIRE_IMAGES=true (a machine that pulls every image)."""
+    value = environ.get(REQUIRE_IMAGES, "").strip().lower()
+    if value in ("", "false", "0", "no", "off"):
+        return "skip"
+    if value in ("true", "1", "yes", "on"):
+        return "fail"
+    raise ValueError(f"{REQUIRE_IMAGES}={value!r} is not valid. Valid: true, false (default).")
+
+
+def suite_image_variables(stacks_dir: Path = STACKS_DIR) -> list[str]:
+    """The *_IMAGE variables of every service the suite deploys, and of its own tools."""
+    found: list[str] = []
+    for stack in SUITE_STACKS:
+        for path in plan.stack_files(stack, tunnel=False, stacks_dir=stacks_dir):
+            for spec in (yaml.safe_load(path.read_text()).get("services") or {}).values():
+                match = re.search(r"\$\{(\w+_IMAGE)", str(spec.get("image", "")))
+                if match and match.group(1) not in found:
+                    found.append(match.group(1))
+    return found + [tool for tool in SUITE_TOOLS if tool not in found]
+
+
+def pull_list(images: Mapping[str, str], stacks_dir: Path = STACKS_DIR) -> list[str]:
+    """The upstream references a machine that can pull must have for the whole suite."""
+    return [images[variable] for variable in suite_image_variables(stacks_dir)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.acceptance.images")
+    parser.add_argument(
+        "--pull-list",
+        action="store_true",
+        help="print the image references the acceptance suite runs, one a line",
+    )
+    arguments = parser.parse_args(argv)
+    if not arguments.pull_list:
+        parser.error("nothing to do: give --pull-list")
+    print("\n".join(pull_list(load_settings().images)))
+
+
+if __name__ == "__main__":
+    main()
