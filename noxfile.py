@@ -37,9 +37,12 @@ def images(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def acceptance(session: nox.Session) -> None:
-    """Deploy every stack into a fresh Docker-in-Docker swarm and check it from outside."""
+    """Deploy every stack into fresh Docker-in-Docker swarms and check them from outside."""
     _install(session)
-    session.run("pytest", *(session.posargs or ("tests/acceptance",)))
+    # Two workers, each with a swarm of its own, a test module at a time: most of a module's
+    # time is spent waiting for services, so two swarms share the two cores well.
+    default = ("tests/acceptance", "-n", "2", "--dist", "loadfile")
+    session.run("pytest", *(session.posargs or default))
 
 
 @nox.session(python=PYTHON, default=False)
