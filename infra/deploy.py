@@ -156,6 +156,9 @@ def apply(
         )
     client = client or engine.connect(settings.docker_host)
     result = DeployResult()
+    warning = engine.start_interval_warning(engine.api_version(client))
+    if warning:
+        report(warning)
     state, manager = engine.swarm_state(client)
     if state == "active" and not manager:
         engine.require_manager(client)

@@ -37,6 +37,35 @@ def connect(docker_host: str = "") -> docker.DockerClient:
     return client
 
 
+# Health checks' start_interval is honoured from this API version (Docker 25) on.
+START_INTERVAL_API = (1, 44)
+
+
+def api_version(client: docker.DockerClient) -> tuple[int, int]:
+    """The API version the client speaks with the engine (the engine's own, as negotiated at
+    connect: no extra call)."""
+    text = str(getattr(client.api, "api_version", "") or "0.0")
+    major, _, minor = text.partition(".")
+    try:
+        return int(major), int(minor or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def start_interval_warning(version: tuple[int, int]) -> str:
+    """One line for an engine that ignores start_interval (it still works, only slower), or
+    "" for one that honours it."""
+    if version >= START_INTERVAL_API:
+        return ""
+    have = ".".join(map(str, version))
+    need = ".".join(map(str, START_INTERVAL_API))
+    return (
+        f"warning: the Docker engine speaks API {have}, older than {need} (Docker 25): health "
+        "checks ignore start_interval, so services take up to one interval longer to become "
+        "healthy. Upgrade Docker to 25 or later for fast deploys."
+    )
+
+
 def swarm_state(client: docker.DockerClient) -> tuple[str, bool]:
     """(LocalNodeState, whether this node is a manager)."""
     swarm = client.info().get("Swarm", {})
