@@ -182,6 +182,7 @@ def apply(
             result.dirs_created.append(directory.path)
             report(f"data: created {directory.path} (owner {directory.uid}:{directory.gid})")
     deadline = time.monotonic() + timeout
+    handed_over_at = time.time()  # the waits read the engine's events from here on
     handed_over: list[tuple[StackPlan, list[str]]] = []
     for stack in plan.stacks:
         for obj in stack.secrets:
@@ -200,6 +201,7 @@ def apply(
             changed=set(changed),
             timeout=max(deadline - time.monotonic(), 1.0),
             progress=report,
+            since=handed_over_at,
         )
         if changed:
             report(f"stack {stack.name}: converged, {len(changed)} services changed")
