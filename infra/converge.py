@@ -11,8 +11,8 @@ closely only at the services this deploy changed (the others need only the final
 it looks when the engine's event stream says something happened to one of them (a service
 update, a container of it started or became healthy on the node the engine runs) rather than
 on a clock. It polls only for what events cannot tell: tasks on other nodes (every second),
-images no node can get (tasks rejected before any container exists), and as a safety net,
-every 2, 4, then 8 seconds of silence. Every look costs two API calls (the stack's services,
+images no node can get (tasks rejected before any container exists), and as a safety net:
+2, 4, 8, then every 16 seconds. Every look costs two API calls (the stack's services,
 then the tasks of the services looked at), whatever their number. The stream is read by a
 thread, so a silent or broken stream never blocks the wait: it falls back to polling every
 second.
@@ -36,12 +36,13 @@ from infra.errors import ConvergeError
 # Where a failed update ends: paused, or rolled back (waited for: rollback_started is not yet).
 FAILED_UPDATE_STATES = ("paused", "rollback_paused", "rollback_completed")
 # Seconds between looks that no event asked for: while tasks run on other nodes (no events
-# from there) or the event stream is not available; and, with events, after 2, 4, 8, 8, ...
-# seconds of silence (tasks rejected before a container exists, e.g. a missing image, make
-# no event).
+# from there) or the event stream is not available; and, with events, 2, 4, 8, then every 16
+# seconds (tasks rejected before a container exists, e.g. a missing image, make no event).
+# A look an event asked for counts as a poll when it covered every service still waited for;
+# events never bring the back-off back to 2 s.
 POLL_REMOTE = 1.0
 POLL_WITHOUT_EVENTS = 1.0
-POLL_QUIET = (2.0, 4.0, 8.0)
+POLL_QUIET = (2.0, 4.0, 8.0, 16.0)
 # After the first event of a burst, how long to gather the rest before one look.
 EVENT_GATHER = 0.15
 # A container became healthy (or started, without a health check) but the manager does not
@@ -387,7 +388,8 @@ class Convergence:
         if watched:
             self.local_node, self.events = self.listen()
         follow_ups: dict[str, tuple[float, int]] = {}  # service -> (when, follow-ups so far)
-        quiet = 0  # polls since the last look an event asked for
+        quiet = 0  # polls so far
+        last_poll = self.clock()
         last_look = self.clock()
         whole = True  # the states come from one look at the whole stack, with nothing since
         while True:
@@ -399,7 +401,7 @@ class Convergence:
                 watched |= self._watched()
                 continue
             self._check(deadline)
-            next_poll = last_look + self._poll_period(watched, quiet)
+            next_poll = last_poll + self._poll_period(watched, quiet)
             next_follow_up = min((when for when, _ in follow_ups.values()), default=deadline)
             wake = min(next_poll, next_follow_up, deadline)
             touched: set[str] = set()
@@ -413,11 +415,14 @@ class Convergence:
             now = self.clock()
             due = {name for name, (when, _) in follow_ups.items() if when <= now}
             if touched or due:
-                names, quiet = touched | due, 0
+                names = touched | due
+                if names >= {n for n in watched if not self._converged(n)}:
+                    last_poll = now
             elif now >= next_poll:
                 # Nothing to watch yet (no service in the stack): the whole stack again.
                 names = {n for n in watched if not self._converged(n)} or watched or None
                 quiet += 1
+                last_poll = now
             else:
                 continue
             self._look(names)
@@ -429,6 +434,8 @@ class Convergence:
                 previous = follow_ups.pop(name, None)
                 if self._converged(name):
                     continue
+                if not self._tasks_lag(name):
+                    continue  # its tasks run: what it waits for (an update) makes events
                 if name in ready:
                     follow_ups[name] = (last_look + FOLLOW_UPS[0], 1)
                 elif previous and name not in due:
@@ -461,6 +468,11 @@ class Convergence:
             if self._shown.get(state.name) != line:
                 self._shown[state.name] = line
                 self.progress(f"  {state.name:<28} {line}")
+
+    def _tasks_lag(self, name: str) -> bool:
+        """Fewer of its tasks run than should: the manager may not have heard yet."""
+        state = self.states.get(name)
+        return bool(state) and (state.running < state.desired or state.pending_tasks > 0)
 
     def _mine(self) -> list[ServiceState]:
         return [s for s in self.states.values() if self.changed is None or s.name in self.changed]

@@ -48,9 +48,8 @@ START_INTERVAL_API = (1, 44)
 
 
 def api_version(client: docker.DockerClient) -> tuple[int, int]:
-    """The API version the client speaks with the engine (the engine's own, as negotiated at
-    connect: no extra call)."""
-    text = str(getattr(client.api, "api_version", "") or "0.0")
+    """The newest API version the engine speaks (not the one this client pinned)."""
+    text = str(client.version().get("ApiVersion") or "0.0")
     major, _, minor = text.partition(".")
     try:
         return int(major), int(minor or 0)

@@ -215,12 +215,17 @@ def test_an_event_driven_wait_reports_a_rolled_back_update_within_its_budget(dev
             since=since,
         )
     seconds = time.monotonic() - started
-    # The report reads the service and its log tail: two calls.
     print(
         f"acceptance: rollback reported after {seconds:.1f} s in {calls.total} API calls "
         f"({calls.summary()})"
     )
     assert "task error:" in str(raised.value)
+    # Swarm declares the rollback complete after its 30 s monitor: meanwhile the wait polls
+    # once per 16 s of quiet (two calls each).
     budget = converge.WAIT_CALLS_PER_CHANGED_SERVICE + converge.WAIT_CONSTANT_CALLS
-    assert calls.total <= budget + 2, calls.summary()
-    assert "dev: up to date, 0 services changed" in dev.apply("dev")
+    budget += 2 + 2 * int(seconds / converge.POLL_QUIET[-1])
+    assert calls.total <= budget, calls.summary()
+    lines = dev.apply("dev")
+    assert "dev: up to date, 0 services changed" in lines
+    # The dind engines are Docker 28: no warning about start_interval.
+    assert not [line for line in lines if line.startswith("warning:")], lines

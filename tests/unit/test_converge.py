@@ -77,9 +77,11 @@ class Swarm:
     clock: Clock
     timeline: dict[str, list[tuple[float, ServiceState]]]
     looks: list[set[str] | None] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
 
     def look(self, names):
         self.looks.append(None if names is None else set(names))
+        self.times.append(self.clock.now)
         found = []
         for name, changes in self.timeline.items():
             if names is not None and name not in names:
@@ -236,6 +238,31 @@ def test_a_rolled_back_update_is_reported_when_the_engine_says_so():
     with pytest.raises(ConvergeError, match="dev_redis was rolled back to its previous spec"):
         wait(swarm, events, changed={"dev_redis"})
     assert clock.now == pytest.approx(9.0)
+
+
+def test_a_rollback_monitored_for_30_s_costs_a_few_quiet_polls_and_no_follow_ups():
+    clock = Clock()
+    swarm = Swarm(
+        clock,
+        {
+            "dev_redis": [
+                (0, starting("dev_redis", update_state="updating")),
+                (5.0, state("dev_redis", update_state="rollback_started")),
+                (40.0, state("dev_redis", update_state="rollback_completed")),
+            ]
+        },
+    )
+    events = Events(
+        clock,
+        [
+            (5.0, healthy_event("dev_redis")),
+            (40.0, service_event("dev_redis", **{"updatestate.new": "rollback_completed"})),
+        ],
+    )
+    with pytest.raises(ConvergeError, match="dev_redis was rolled back"):
+        wait(swarm, events, changed={"dev_redis"})
+    # Polls after 2 s, then 4, 8, 16 s after the previous look of everything; the events'.
+    assert swarm.times == pytest.approx([0, 2, 5, 9, 17, 33, 40])
 
 
 def test_an_old_rollback_of_an_unchanged_service_does_not_fail_a_deploy():

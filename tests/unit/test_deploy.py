@@ -120,12 +120,3 @@ def test_an_engine_that_ignores_start_interval_gets_one_warning_line(version, wa
     assert bool(line) == warns
     if warns:
         assert "\n" not in line and "start_interval" in line and "Docker 25" in line
-
-
-def test_the_api_version_is_read_from_the_negotiated_client():
-    import docker
-
-    from infra.engine import api_version
-
-    client = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41")
-    assert api_version(client) == (1, 41)
