@@ -333,16 +333,22 @@ def event_signal(
     event: dict, states: dict[str, ServiceState], watched: Collection[str]
 ) -> tuple[str, bool] | None:
     """(service, whether a task of it may just have become ready) for an event worth a look at
-    a watched service, else None. Worth it: a service event (created, updated, its update
-    state moved, removed); a container of it turning healthy, or starting when the service
-    has no health check (with one, a start says nothing yet). Not worth it: health check runs
-    (exec_*), stops, deaths (a failed update shows in the service's update state, a crash loop
-    in the next poll) and every other container."""
+    a watched service, else None. Worth it: a service created or removed, or updated with a
+    new update state, image or replica count; a container of it turning healthy, or starting
+    when the service has no health check (with one, a start says nothing yet). Not worth it:
+    health check runs (exec_*), stops, deaths (a failed update shows in the service's update
+    state, a crash loop in the next poll) and every other container."""
     actor = (event.get("Actor") or {}).get("Attributes") or {}
     action = str(event.get("Action") or event.get("status") or "")
     if event.get("Type") == "service":
         name = actor.get("name", "")
-        return (name, False) if name in watched else None
+        if name not in watched:
+            return None
+        # An update event carries updatestate.*, image.* or replicas.* only when those
+        # changed (moby daemon/events.go); the others (the update's status message moving on
+        # while Swarm works through it) change nothing a wait decides on.
+        moved = any(key in actor for key in ("updatestate.new", "image.new", "replicas.new"))
+        return (name, False) if action != "update" or moved else None
     if event.get("Type") != "container":
         return None
     name = actor.get("com.docker.swarm.service.name", "")

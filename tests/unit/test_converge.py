@@ -403,7 +403,13 @@ def test_progress_shows_each_change_of_a_service_once():
             True,
             ("dev_redis", False),
         ),
-        (service_event("prod_redis"), True, None),
+        (service_event("prod_redis", **{"updatestate.new": "updating"}), True, None),
+        (service_event("dev_redis"), True, None),
+        (
+            {"Type": "service", "Action": "remove", "Actor": {"Attributes": {"name": "dev_redis"}}},
+            True,
+            ("dev_redis", False),
+        ),
         (
             {
                 "Type": "network",
@@ -421,6 +427,8 @@ def test_progress_shows_each_change_of_a_service_once():
         "die",
         "service-update",
         "other-service",
+        "update-of-its-status-message",
+        "service-removed",
         "network",
     ],
 )
