@@ -163,6 +163,9 @@ def apply(
         )
     client = client or engine.connect(settings.docker_host)
     result = DeployResult()
+    warning = engine.start_interval_warning(engine.api_version(client))
+    if warning:
+        report(warning)
     state, manager = engine.swarm_state(client)
     if state == "active" and not manager:
         engine.require_manager(client)
@@ -188,6 +191,7 @@ def apply(
             result.dirs_created.append(directory.path)
             report(f"data: created {directory.path} (owner {directory.uid}:{directory.gid})")
     deadline = time.monotonic() + timeout
+    handed_over_at = time.time()  # the waits read the engine's events from here on
     handed_over: list[tuple[StackPlan, list[str]]] = []
     for stack in plan.stacks:
         for obj in stack.secrets:
@@ -209,6 +213,7 @@ def apply(
             changed=set(changed),
             timeout=max(deadline - time.monotonic(), 1.0),
             progress=report,
+            since=handed_over_at,
         )
         if changed:
             report(f"stack {stack.name}: converged, {len(changed)} services changed")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
+import time
 
 import psycopg
 import pytest
 import redis
 import yaml
 
-from infra import deploy, engine
+from infra import converge, deploy, engine
 from infra.errors import ConvergeError
 from infra.settings import REPO_ROOT
 
@@ -21,7 +23,6 @@ def _versions(platform, *stacks) -> dict[str, int]:
         for stack in stacks
         for service in engine.stack_services(platform.client, stack)
     }
-
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +151,85 @@ def test_deploy_hands_every_stack_to_the_engine_before_waiting(dev):
     assert handed_over and handed_over[0] < first_wait, lines
     assert {s.name for s in engine.stack_services(dev.client, "core")} == {"core_traefik"}
     assert "stack dev: converged, 2 services changed" in lines, lines
+
+
+def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
+    """From nothing deployed to converged, the wait makes at most
+    WAIT_CALLS_PER_CHANGED_SERVICE calls per changed service plus WAIT_CONSTANT_CALLS; and
+    a redeploy that changes nothing waits with one look (two calls)."""
+    deploy.stop(dev.settings, "dev", report=lambda _: None, client=dev.client)
+    plan = deploy.prepare(dev.settings, "dev", tunnel=False)
+    stack = next(s for s in plan.stacks if s.name == "dev")
+    lines: list[str] = []
+    since = time.time()
+    changed = deploy.deploy_stack(dev.client, stack, report=lines.append)
+    assert set(changed) == {"dev_postgres", "dev_redis"}, lines
+    started = time.monotonic()
+    with engine.count_api_calls(dev.client) as calls:
+        states = converge.wait_converged(
+            dev.client,
+            "dev",
+            changed=set(changed),
+            timeout=300,
+            progress=lines.append,
+            since=since,
+        )
+    seconds = time.monotonic() - started
+    assert all(s.converged for s in states), lines
+    budget = converge.WAIT_CALLS_PER_CHANGED_SERVICE * len(changed) + converge.WAIT_CONSTANT_CALLS
+    print(
+        f"acceptance: dev's wait took {seconds:.1f} s in {calls.total} API calls "
+        f"({calls.summary()}); budget {budget}"
+    )
+    assert calls.by_endpoint["GET /events"] == 1, calls.summary()  # it listened
+    assert calls.total <= budget, calls.summary()
+
+    with engine.count_api_calls(dev.client) as calls:
+        converge.wait_converged(dev.client, "dev", changed=set(), progress=lines.append)
+    assert calls.total == 2, calls.summary()  # the stack's services and their tasks
+
+
+def test_an_event_driven_wait_reports_a_rolled_back_update_within_its_budget(dev):
+    """The same broken update as above, through the event-driven wait directly: reported as
+    rolled back, in a number of calls that does not grow with the seconds it takes."""
+    dev.apply("dev")  # up to date first
+    broken = dataclasses.replace(
+        dev.settings,
+        images={**dev.settings.images, "REDIS_IMAGE": "nextcandle-standin/redis:no-such-tag"},
+    )
+    plan = deploy.prepare(broken, "dev", tunnel=False)
+    stack = next(s for s in plan.stacks if s.name == "dev")
+    since = time.time()
+    changed = deploy.deploy_stack(dev.client, stack, report=lambda _: None)
+    assert changed == ["dev_redis"]
+    started = time.monotonic()
+    with (
+        engine.count_api_calls(dev.client) as calls,
+        pytest.raises(ConvergeError, match="dev_redis was rolled back") as raised,
+    ):
+        converge.wait_converged(
+            dev.client,
+            "dev",
+            changed=set(changed),
+            timeout=300,
+            progress=lambda _: None,
+            since=since,
+        )
+    seconds = time.monotonic() - started
+    print(
+        f"acceptance: rollback reported after {seconds:.1f} s in {calls.total} API calls "
+        f"({calls.summary()})"
+    )
+    assert "task error:" in str(raised.value)
+    # Swarm declares the rollback complete only after its 30 s monitor: meanwhile the wait
+    # makes its quiet polls (after 2, 4, 8, then every 16 s; two calls each). On top: the
+    # calls of one changed service, the constant, and the report (the service, its log tail).
+    moments = itertools.accumulate(converge.POLL_QUIET + converge.POLL_QUIET[-1:] * 100)
+    polls = sum(1 for moment in moments if moment <= seconds)
+    budget = converge.WAIT_CALLS_PER_CHANGED_SERVICE + converge.WAIT_CONSTANT_CALLS
+    budget += 2 * polls + 2
+    assert calls.total <= budget, f"{calls.summary()}; budget {budget}"
+    lines = dev.apply("dev")
+    assert "dev: up to date, 0 services changed" in lines
+    # The dind engines are Docker 28: no warning about start_interval.
+    assert not [line for line in lines if line.startswith("warning:")], lines

@@ -16,7 +16,9 @@ process, on the same engine, next to its plain docker equivalent:
 
 Where the time goes is printed too: the phases of `apply`, when the engine had the last task
 running versus when the deploy returned, the API calls of the status table, and the slowest
-imports of `invoke --list` (python -X importtime).
+imports of `invoke --list` (python -X importtime), and the API calls of each operation: a
+deploy (and of it, its convergence waits, per service changed), a no-op redeploy, the status
+table.
 
 The swarm, its settings and its images are made as the acceptance suite makes them
 (tests/acceptance/conftest.py); the swarm is removed at the end.
@@ -79,7 +81,7 @@ PHASES: dict[str, tuple[tuple[object, str], ...]] = {
     "secrets (ensure each)": ((engine, "ensure_secret"),),
     "render (docker stack config)": ((engine, "render_stack"),),
     "docker stack deploy": ((engine, "docker_cli"),),
-    "wait converged (polls every 0.25 s)": ((converge, "wait_converged"),),
+    "wait converged (events; polls)": ((converge, "wait_converged"),),
     "prune unused secrets/configs": ((deploy, "prune_objects"),),
 }
 
@@ -99,6 +101,9 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)
     updates: int | None = None  # services whose version index changed (redeploys)
     converged: bool = True
+    api_calls: int | None = None  # requests to the engine during the whole operation
+    wait_api_calls: int | None = None  # of them, during the convergence waits
+    services_changed: int | None = None  # what the deploy handed to the engine
 
 
 @dataclass
@@ -244,7 +249,11 @@ def watch(bench: Bench, when: str) -> None:
 
 
 @contextmanager
-def phases() -> Iterator[dict[str, float]]:
+def phases(
+    calls: engine.ApiCalls | None = None, calls_by_phase: dict[str, int] | None = None
+) -> Iterator[dict[str, float]]:
+    """Seconds per phase; with `calls` (a counter running meanwhile), API calls per phase
+    into `calls_by_phase`."""
     spent: dict[str, float] = defaultdict(float)
     depth = [0]
     originals = []
@@ -254,12 +263,17 @@ def phases() -> Iterator[dict[str, float]]:
         def timed(*args, **kwargs):
             depth[0] += 1
             started = time.perf_counter()
+            calls_before = calls.total if calls is not None else 0
             try:
                 return function(*args, **kwargs)
             finally:
                 depth[0] -= 1
                 if depth[0] == 0:
                     spent[phase] += time.perf_counter() - started
+                    if calls is not None and calls_by_phase is not None:
+                        calls_by_phase[phase] = (
+                            calls_by_phase.get(phase, 0) + calls.total - calls_before
+                        )
 
         return timed
 
@@ -282,7 +296,8 @@ def ours(bench: Bench, target: str) -> Run:
     stacks = (CORE, target) if target != CORE else (CORE,)
     lines: list[str] = []
     wall = time.time()
-    with phases() as spent:
+    by_phase: dict[str, int] = {}
+    with engine.count_api_calls(bench.client) as calls, phases(calls, by_phase) as spent:
         started = time.perf_counter()
         deploy.apply(
             bench.settings,
@@ -297,6 +312,23 @@ def ours(bench: Bench, target: str) -> Run:
         seconds=seconds,
         engine_ready=engine_ready_at(bench, *stacks) - wall,
         phases={**spent, "other (apply's own code)": seconds - sum(spent.values())},
+        api_calls=calls.total,
+        wait_api_calls=by_phase.get(WAIT_PHASE, 0),
+        services_changed=services_changed(lines),
+    )
+
+
+WAIT_PHASE = next(
+    name for name, targets in PHASES.items() if (converge, "wait_converged") in targets
+)
+
+
+def services_changed(lines: list[str]) -> int:
+    """How many services a deploy handed to the engine, from what it reported."""
+    return sum(
+        len(line.split(": deploying ", 1)[1].split(", "))
+        for line in lines
+        if ": deploying " in line
     )
 
 
@@ -460,18 +492,11 @@ def measure_commands(bench: Bench, runs: int) -> None:
         started = time.perf_counter()
         client = engine.connect(bench.settings.docker_host)
         connects.append(time.perf_counter() - started)
-        count = [0]
-        original = client.api.send
-
-        def counting(*args, _original=original, _count=count, **kwargs):
-            _count[0] += 1
-            return _original(*args, **kwargs)
-
-        client.api.send = counting
-        started = time.perf_counter()
-        report.status_table(client)
-        tables.append(time.perf_counter() - started)
-        calls.append(count[0])
+        with engine.count_api_calls(client) as counted:
+            started = time.perf_counter()
+            report.status_table(client)
+            tables.append(time.perf_counter() - started)
+        calls.append(counted.total)
         client.close()
     bench.figures["status_connect"] = median(connects)
     bench.figures["status_table"] = median(tables)
@@ -614,6 +639,27 @@ def print_report(bench: Bench, machine: dict[str, str]) -> None:
         print(f"  {name}: total {fig(name):.1f}, engine had every task running after {ready:.1f}")
 
     print()
+    print("API calls per operation (median; in brackets: during the convergence waits):")
+    for name in ("core ours", "dev ours", "noop ours"):
+        runs = [run for run in bench.runs[name] if run.api_calls is not None]
+        if not runs:
+            continue
+        changed_services = int(median([run.services_changed or 0 for run in runs]))
+        wait_calls = int(median([run.wait_api_calls or 0 for run in runs]))
+        per = (
+            f", {wait_calls / changed_services:.1f} per changed service" if changed_services else ""
+        )
+        print(
+            f"  {name:<10} {int(median([run.api_calls for run in runs])):4d} "
+            f"({wait_calls} waiting; {changed_services} services changed{per})"
+        )
+    if "deploy_all_api_calls" in bench.figures:
+        print(
+            f"  deploy all {bench.figures['deploy_all_api_calls']:4d} "
+            f"({bench.figures['deploy_all_wait_api_calls']} waiting)"
+        )
+    print(f"  status     {bench.figures['status_api_calls']:4d} (the status table, in-process)")
+    print()
     print(
         f"status: {bench.figures['services_deployed']} services deployed; in-process "
         f"connect {bench.figures['status_connect']:.2f} s, status table "
@@ -666,15 +712,19 @@ def main(argv: list[str] | None = None) -> int:
         measure_deploys(bench, args.repeat)
         log("deploying every stack that has images here, for `invoke status`")
         started = time.perf_counter()
-        deploy.apply(
-            bench.settings,
-            "all",
-            tunnel=False,
-            timeout=DEPLOY_TIMEOUT,
-            report=lambda _line: None,
-            client=bench.client,
-        )
+        by_phase: dict[str, int] = {}
+        with engine.count_api_calls(bench.client) as calls, phases(calls, by_phase):
+            deploy.apply(
+                bench.settings,
+                "all",
+                tunnel=False,
+                timeout=DEPLOY_TIMEOUT,
+                report=lambda _line: None,
+                client=bench.client,
+            )
         bench.figures["deploy_all"] = time.perf_counter() - started
+        bench.figures["deploy_all_api_calls"] = calls.total
+        bench.figures["deploy_all_wait_api_calls"] = by_phase.get(WAIT_PHASE, 0)
         log(f"  {', '.join(DEPLOY_ALL)} in {bench.figures['deploy_all']:.1f} s")
         watch(bench, "before the commands")
         measure_commands(bench, args.runs)

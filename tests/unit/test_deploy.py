@@ -106,3 +106,17 @@ def test_a_service_with_no_task_to_start_gave_up_but_an_updating_one_has_not():
     assert not _state(running=0, live_tasks=1).gave_up  # waiting out its restart delay
     assert not _state(running=0, live_tasks=0, update_state="updating").gave_up
     assert not _state(mode="replicated-job", running=0, live_tasks=0).gave_up
+
+
+@pytest.mark.parametrize(
+    ("version", "warns"),
+    [((1, 41), True), ((1, 43), True), ((1, 44), False), ((1, 47), False), ((2, 0), False)],
+    ids=["docker-20.10", "docker-24", "docker-25", "docker-27", "api-2.0"],
+)
+def test_an_engine_that_ignores_start_interval_gets_one_warning_line(version, warns):
+    from infra.engine import start_interval_warning
+
+    line = start_interval_warning(version)
+    assert bool(line) == warns
+    if warns:
+        assert "\n" not in line and "start_interval" in line and "Docker 25" in line

@@ -3,6 +3,7 @@ images, ports, resources, policies and that no secret value leaks into what is d
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -203,6 +204,34 @@ def test_health_checks_wherever_the_image_allows(rendered):
         assert service.get("healthcheck", {}).get("test"), (
             f"{stack.name}_{name} has no health check"
         )
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration as `docker stack config` writes it (1m30s, 500ms, 2s) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"([0-9.]+)(ms|us|h|m|s)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), duration
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_health_checks_probe_often_while_starting_and_rarely_after(rendered):
+    """start_interval during start_period, so a task is healthy seconds after it can be;
+    interval, longer, for the rest of its life (engines from API 1.44 honour it)."""
+    stack, config = rendered
+    checked = 0
+    for name, service in config["services"].items():
+        check = service.get("healthcheck")
+        if not check or check.get("disable"):
+            continue
+        where = f"{stack.name}_{name}"
+        assert "start_interval" in check, f"{where} has no start_interval"
+        assert "start_period" in check, f"{where} has no start_period"
+        start_interval, interval = _seconds(check["start_interval"]), _seconds(check["interval"])
+        assert 0 < start_interval <= 2, f"{where} start_interval {check['start_interval']}"
+        assert start_interval < interval, f"{where}: start_interval is not below interval"
+        assert _seconds(check["start_period"]) >= 10 * start_interval, where
+        checked += 1
+    assert checked, f"stack {stack.name} has no health check to look at"
 
 
 def test_collectors_are_global_and_traefik_runner_on_managers(rendered):
