@@ -687,7 +687,7 @@ def _wait_no_containers(client, service: str, timeout: float) -> None:
     """Until no container of the service runs (a stopped Redis has written and closed its
     files)."""
     deadline = time.monotonic() + timeout
-    while client.containers.list(filters={"label": f"{SERVICE_LABEL}={service}"}):
+    while client.containers.list(sparse=True, filters={"label": f"{SERVICE_LABEL}={service}"}):
         if time.monotonic() > deadline:
             raise BackupError(f"{service} did not stop within {timeout:.0f} s; nothing restored.")
         time.sleep(1)

@@ -623,14 +623,17 @@ def wait_removed(
     deadline = clock() + timeout
     while True:
         services = client.services.list(filters={"label": f"{STACK_NAMESPACE}={stack}"})
+        # Sparse: the list alone, no inspect of each container, which could be gone by then
+        # (the engine removes them while we look).
         containers = client.containers.list(
-            all=True, filters={"label": f"{STACK_NAMESPACE}={stack}"}
+            all=True, sparse=True, filters={"label": f"{STACK_NAMESPACE}={stack}"}
         )
         networks = client.networks.list(filters={"label": f"{STACK_NAMESPACE}={stack}"})
         if not services and not containers and not networks:
             return
         if clock() >= deadline:
-            left = [c.name for c in containers] or [s.name for s in services]
+            left = [(c.attrs.get("Names") or [c.id])[0].lstrip("/") for c in containers]
+            left = left or [s.name for s in services]
             left = left or [n.name for n in networks]
             raise ConvergeError(
                 f"stack {stack} was removed but {len(left)} of its objects are still there "
