@@ -286,6 +286,16 @@ def in_netns(script: str, environ: dict[str, str]) -> subprocess.CompletedProces
     )
 
 
+# Two network namespaces, $CTR (a container) and $REMOTE (another machine), ready for veths.
+TWO_NAMESPACES = """unshare --net sleep 100 & CTR=$!
+        unshare --net sleep 100 & REMOTE=$!
+        for pid in $CTR $REMOTE; do
+            while [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/$$/ns/net)" ]; do
+                sleep 0.05
+            done
+        done"""
+
+
 @needs_netns
 def test_apply_twice_in_a_fresh_namespace_adds_one_jump_and_leaves_other_rules(environ):
     result = in_netns(
@@ -441,13 +451,7 @@ def test_only_allowed_sources_reach_a_published_port_and_containers_still_go_out
         trap cleanup EXIT
         ip link set lo up
         sysctl -qw net.ipv4.ip_forward=1
-        unshare --net sleep 100 & CTR=$!
-        unshare --net sleep 100 & REMOTE=$!
-        for pid in $CTR $REMOTE; do
-            while [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/$$/ns/net)" ]; do
-                sleep 0.05
-            done
-        done
+        {TWO_NAMESPACES}
         # ctr0 is deliberately not named like a Docker bridge: only --ctstate DNAT keeps the
         # container's own outgoing connection to port 443 from matching the port 443 rule.
         ip link add ctr0 type veth peer name eth0 netns $CTR
@@ -504,13 +508,7 @@ def test_only_the_node_its_containers_and_allowed_sources_reach_a_host_network_p
         cleanup() {{ kill $CTR $REMOTE 2>/dev/null || true; }}
         trap cleanup EXIT
         ip link set lo up
-        unshare --net sleep 100 & CTR=$!
-        unshare --net sleep 100 & REMOTE=$!
-        for pid in $CTR $REMOTE; do
-            while [ "$(readlink /proc/$pid/ns/net)" = "$(readlink /proc/$$/ns/net)" ]; do
-                sleep 0.05
-            done
-        done
+        {TWO_NAMESPACES}
         ip link add docker_gwb0 type veth peer name eth0 netns $CTR
         ip link add ext0 type veth peer name eth0 netns $REMOTE
         ip addr add 172.31.0.1/24 dev docker_gwb0 && ip link set docker_gwb0 up
