@@ -24,7 +24,7 @@ from docker.errors import APIError
 
 from infra import converge, engine, secrets
 from infra.catalog import CORE, RUNNER, STOP_ALL
-from infra.errors import SecretsError, SettingsError
+from infra.errors import EngineError, SecretsError, SettingsError
 from infra.plan import (
     HASH_LENGTH,
     LABEL_SPEC_HASH,
@@ -282,7 +282,13 @@ def restart_given_up(client: docker.DockerClient, services: list, report: Report
             continue
         state = converge.service_state(service)
         if state.gave_up:
-            engine.restart_service(client, state.name)
+            try:
+                engine.restart_service(client, state.name)
+            except APIError as exc:
+                raise EngineError(
+                    f"{state.name}: Swarm had stopped retrying it and restarting it failed "
+                    f"({exc.explanation}). Check `invoke status -v`, then deploy again."
+                ) from None
             report(
                 f"{state.name}: Swarm had stopped retrying ({state.failed_tasks} failed tasks, "
                 "none left to start); restarting it"
