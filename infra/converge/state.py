@@ -77,15 +77,23 @@ class ServiceState:
 
     @property
     def health(self) -> str:
-        """One word for the operator: ok, failed (rolled back), gave-up, retrying, starting."""
+        """One word for the operator: ok, gave-up, retrying, failed, rolled-back, starting.
+
+        What its tasks do now comes before what its last update did: a service whose update
+        rolled back long ago and whose tasks now fail is retrying (or gave up), and once they
+        run again it is rolled-back (serving its previous spec), not "failed"; "failed" is an
+        update that Swarm paused or is still rolling back.
+        """
         if self.converged:
             return "ok"
-        if self.rolled_back:
-            return "failed"
         if self.gave_up:
             return "gave-up"
         if self.running < self.desired and self.errors:
             return "retrying"
+        if self.update_state == "rollback_completed" and self.settled:
+            return "rolled-back"
+        if self.rolled_back or self.update_state == "paused":
+            return "failed"
         return "starting"
 
     @property

@@ -93,9 +93,29 @@ def test_a_new_service_whose_image_cannot_be_had_is_hopeless():
         ({"running": 0, "pending_tasks": 1, "live_tasks": 1}, "starting"),
         ({"running": 0, "live_tasks": 1, "errors": ("rejected: bind source",)}, "retrying"),
         ({"running": 0, "live_tasks": 0, "errors": ("rejected: bind source",)}, "gave-up"),
-        ({"running": 0, "update_state": "rollback_completed"}, "failed"),
+        ({"update_state": "rollback_completed"}, "rolled-back"),
+        ({"running": 0, "live_tasks": 1, "update_state": "rollback_started"}, "failed"),
+        ({"update_state": "paused"}, "failed"),
+        (
+            {
+                "running": 0,
+                "live_tasks": 1,
+                "update_state": "rollback_completed",
+                "errors": ("rejected: bind source",),
+            },
+            "retrying",
+        ),
     ],
-    ids=["running", "starting", "retrying", "swarm-gave-up", "rolled-back"],
+    ids=[
+        "running",
+        "starting",
+        "retrying",
+        "swarm-gave-up",
+        "rolled-back",
+        "rolling-back",
+        "update-paused",
+        "failing-after-an-old-rollback",
+    ],
 )
 def test_status_tells_a_service_swarm_gave_up_on_from_one_starting(overrides, health):
     assert _state(**overrides).health == health
