@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from infra.tasks import backup, deploy, firewall, logs, restore, status, stop, swarm
+from infra.tasks import alerts, backup, deploy, firewall, logs, restore, status, stop, swarm
 from infra.tasks import secrets_ as secrets
 
 ns = Collection()
@@ -12,6 +12,7 @@ ns.add_collection(Collection.from_module(deploy), "deploy")
 ns.add_collection(Collection.from_module(stop), "stop")
 ns.add_collection(Collection.from_module(firewall), "firewall")
 ns.add_collection(Collection.from_module(backup), "backup")
+ns.add_collection(Collection.from_module(alerts), "alerts")
 ns.add_collection(Collection.from_module(restore), "restore")
 ns.add_task(status.status, "status")
 ns.add_task(logs.logs, "logs")

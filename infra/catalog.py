@@ -160,6 +160,7 @@ DATA_OWNERS: dict[str, tuple[int, int]] = {
     "redis": (999, 999),
     "grafana": (472, 0),
     "prometheus": (65534, 65534),
+    "alertmanager": (65534, 65534),
     "loki": (10001, 10001),
     "n8n": (1000, 1000),
     "seaweedfs": (1000, 1000),  # the upstream image runs as user seaweed

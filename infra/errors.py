@@ -23,3 +23,7 @@ class ConvergeError(InfraError):
 
 class FirewallError(InfraError):
     """iptables is missing or not ours to change (not Linux, not root), or a rule failed."""
+
+
+class AlertsError(InfraError):
+    """Alertmanager is not deployed, did not answer, or a receiver did not take an alert."""

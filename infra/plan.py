@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from infra import catalog, targets
+from infra.alerts import config as alerts_config
+from infra.alerts.config import ALERTMANAGER_CONFIG_KEY
 from infra.catalog import CORE, ENVIRONMENTS, NETWORKS, RUNNER, SHARED
 from infra.errors import SettingsError
 from infra.secrets import render_secret
@@ -177,27 +179,49 @@ def _read_stack_file(path: Path) -> dict:
     return data
 
 
-# Configs a stack file declares `external: true`: infra makes their content, here from the
-# swarm's node list, and creates them before the deploy (their names carry its hash).
-GENERATED_CONFIGS = {targets.NODE_TARGETS_KEY: targets.node_exporter_targets}
+# Configs a stack file declares `external: true`: infra makes their content and creates
+# them before the deploy (their names carry its hash). Each maker returns the content, or
+# None when it needs the swarm's nodes and the plan has none (a plan made without a daemon),
+# and says where the content comes from.
+Maker = Callable[[Settings, "Sequence[targets.SwarmNode] | None"], "bytes | None"]
+
+
+def _node_targets(settings: Settings, nodes: Sequence[targets.SwarmNode] | None) -> bytes | None:
+    return None if nodes is None else targets.node_exporter_targets(nodes)
+
+
+def _alertmanager_config(settings: Settings, nodes: object) -> bytes:
+    return alerts_config.render(settings.values)
+
+
+GENERATED_CONFIGS: dict[str, Maker] = {
+    targets.NODE_TARGETS_KEY: _node_targets,
+    ALERTMANAGER_CONFIG_KEY: _alertmanager_config,
+}
 
 
 def _generated_config(
-    stack: str, key: str, nodes: Sequence[targets.SwarmNode] | None, where: str
+    stack: str,
+    key: str,
+    settings: Settings,
+    nodes: Sequence[targets.SwarmNode] | None,
+    where: str,
 ) -> DockerObject:
     if key not in GENERATED_CONFIGS:
         raise SettingsError(
             f"{where}: config {key} is external, and infra generates none of that name. "
             f"Give it a file: (generated: {', '.join(sorted(GENERATED_CONFIGS))})."
         )
-    if nodes is None:
+    data = GENERATED_CONFIGS[key](settings, nodes)
+    if data is None:  # the swarm's node list, in a plan made without a daemon
         return DockerObject(
             "config", stack, key, f"{stack}_{key}-<from the swarm>", targets.UNKNOWN, b"", True
         )
-    data = GENERATED_CONFIGS[key](nodes)
-    return DockerObject(
-        "config", stack, key, versioned_name(stack, key, data), targets.describe(nodes), data, True
-    )
+    if key == targets.NODE_TARGETS_KEY:
+        source = targets.describe(nodes or ())
+    else:
+        source = "the ALERT_* settings (.env), rendered by infra/alerts/config.py"
+    return DockerObject("config", stack, key, versioned_name(stack, key, data), source, data, True)
 
 
 def plan_stack(
@@ -220,7 +244,7 @@ def plan_stack(
         document = _read_stack_file(path)
         for key, spec in (document.get("configs") or {}).items():
             if spec.get("external"):
-                configs[key] = _generated_config(stack, key, nodes, path.name)
+                configs[key] = _generated_config(stack, key, settings, nodes, path.name)
                 continue
             source = Path(
                 interpolate(str(spec.get("file", "")), variables, f"{path.name} config {key}")

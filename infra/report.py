@@ -10,6 +10,7 @@ from pathlib import Path
 import docker
 
 from infra import converge, engine
+from infra.alerts import receivers
 from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
 from infra.plan import Plan, StackPlan, published_ports
 from infra.settings import Settings
@@ -79,7 +80,29 @@ def access_info(settings: Settings, stacks: tuple[str, ...], values: dict[str, s
             for name in ("grafana", "n8n", "s3", "storage"):
                 lines.append(f"shared   {name:<8} http://{name}.localhost  https://{name}.{domain}")
             lines.append("         prometheus http://prometheus.localhost (not routed publicly)")
+            lines.append("         alerts   http://alertmanager.localhost (not routed publicly)")
+            configured = receivers.configured(settings.values)
+            if configured:
+                names = ", ".join(r.label for r in configured)
+                lines.append(f"         alerts go to: {names} (`invoke alerts.test` tries them)")
+            else:
+                lines.append(receivers.NONE_CONFIGURED)
     return "\n".join(lines)
+
+
+def alert_summary(client: docker.DockerClient) -> tuple[list[dict] | None, list[str]]:
+    """The alerts that fire now, as JSON rows and lines; None (and a line saying why) when
+    Alertmanager is not deployed or does not answer: a status never fails for that."""
+    from infra.alerts import api
+    from infra.errors import InfraError
+
+    if not api.deployed(client):
+        return None, ["alerts: Alertmanager not deployed (invoke deploy.shared)"]
+    try:
+        alerts = api.firing(client)
+    except InfraError as exc:
+        return None, [f"alerts: unknown: {exc}"]
+    return [api.as_json(a) for a in alerts], api.describe(alerts)
 
 
 def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[str, list[dict]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from passlib.apache import HtpasswdFile
 
+from infra.alerts import receivers
 from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED
 from infra.errors import SecretsError
 from infra.settings import Settings
@@ -222,8 +223,9 @@ def _comment_lines(text: str) -> int:
 
 # --- Docker secrets --------------------------------------------------------------------------
 # Each stack's secret keys (as its stack file declares them) and how their content is made.
-# `values` holds secrets.yml plus the .env tokens under `cloudflare_tunnel_token` and
-# `runner_token`; `env` is the environment name for dev/stg/prod.
+# `values` holds secrets.yml plus the .env tokens under `cloudflare_tunnel_token`,
+# `runner_token` and the alert receivers' secret names; `env` is the environment name for
+# dev/stg/prod.
 
 Renderer = Callable[[Values, str], str]
 
@@ -233,13 +235,9 @@ def _env_value(key: str) -> Renderer:
 
 
 def _redis_exporter_passwords(values: Values, env: str) -> str:
-    # redis_exporter reads REDIS_PASSWORD_FILE as a JSON map of target URI -> password.
-    return json.dumps(
-        {
-            f"redis://tasks.{name}_redis:6379": values[f"{name}_redis_password"]
-            for name in ENVIRONMENTS
-        }
-    )
+    # redis_exporter reads REDIS_PASSWORD_FILE as a JSON map of target URI -> password; each
+    # environment's exporter gets its own Redis only (DESIGN decision 9).
+    return json.dumps({f"redis://tasks.{env}_redis:6379": values[f"{env}_redis_password"]})
 
 
 def _seaweedfs_s3_config(values: Values, env: str) -> str:
@@ -266,6 +264,7 @@ _ENVIRONMENT_SECRETS: dict[str, Renderer] = {
     "postgres_password": _env_value("postgres_password"),
     "redis_password": _env_value("redis_password"),
     "redis_auth_conf": lambda v, env: f'requirepass "{v[f"{env}_redis_password"]}"\n',
+    "redis_exporter_passwords": _redis_exporter_passwords,
 }
 
 DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
@@ -281,7 +280,11 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
         "grafana_admin_user": lambda v, env: v["grafana_admin_user"],
         "grafana_admin_password": lambda v, env: v["grafana_admin_password"],
         "n8n_encryption_key": lambda v, env: v["n8n_encryption_key"],  # no newline: n8n reads raw
-        "redis_exporter_passwords": _redis_exporter_passwords,
+        # Alert receivers' credentials from .env, or a marker while a receiver is unset.
+        **{
+            r.secret: (lambda v, env, key=r.secret: v.get(key) or receivers.UNSET)
+            for r in receivers.RECEIVERS
+        },
     },
     RUNNER: {
         "runner_token": lambda v, env: v["runner_token"],
@@ -299,6 +302,8 @@ def with_env_tokens(values: Values, settings: Settings) -> dict[str, str]:
     merged = dict(values)
     for key, variable in ENV_FILE_TOKENS.items():
         merged[key] = settings.get(variable)
+    for receiver in receivers.RECEIVERS:
+        merged[receiver.secret] = settings.get(receiver.credential)
     return merged
 
 

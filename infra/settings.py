@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dotenv.parser import parse_stream
 
+from infra.alerts import receivers
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
 
@@ -53,6 +54,8 @@ DEFAULTS: dict[str, str | None] = {
     **{env.host_ports_variable: _on_off(env.host_ports) for env in ENVIRONMENTS.values()},
     "FIREWALL_ALLOW": "",  # networks (CIDRs) `invoke firewall.apply` lets reach the ports
     "BACKUP_ROOT": None,  # <repo>/.backups
+    # Alert receivers and route timings (infra/alerts/receivers.py); none set: UI only.
+    **receivers.DEFAULTS,
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -233,6 +236,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"(default {_on_off(env.host_ports)})."
             )
     parse_networks(values["FIREWALL_ALLOW"], where)
+    receivers.validate(values, where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):

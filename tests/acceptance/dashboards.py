@@ -210,14 +210,19 @@ def _archive(files: Mapping[str, bytes | str]) -> bytes:
 
 
 def run_promtool(
-    client, image: str, args: list[str], files: Mapping[str, bytes | str], timeout: float = 120
+    client,
+    image: str,
+    args: list[str],
+    files: Mapping[str, bytes | str],
+    timeout: float = 120,
+    entrypoint: str = PROMTOOL,
 ) -> PromtoolResult:
-    """`promtool ARGS` in `image` on the engine of `client`, with `files` copied into its
-    working directory (copied, not bind-mounted: the image's user reads them whatever the
-    checkout's permissions)."""
+    """`promtool ARGS` (or another checker of the image, e.g. amtool) in `image` on the engine
+    of `client`, with `files` copied into its working directory (copied, not bind-mounted:
+    the image's user reads them whatever the checkout's permissions)."""
     container = client.containers.create(
         image,
-        entrypoint=[PROMTOOL],
+        entrypoint=[entrypoint],
         command=args,
         working_dir=CHECK_DIR,
         network_disabled=True,

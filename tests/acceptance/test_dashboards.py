@@ -74,7 +74,14 @@ EXPORTERS = (
     Exporter("node_", ("NODE_EXPORTER_IMAGE",), ("node-exporter",)),
     Exporter("container_", ("CADVISOR_IMAGE",), ("cadvisor",)),
     Exporter("traefik_", ("TRAEFIK_IMAGE",), ("traefik",), traffic=_traefik_traffic),
-    Exporter("redis_exporter_", ("REDIS_EXPORTER_IMAGE",), ("redis-exporter",)),
+    Exporter("redis_exporter_", ("REDIS_EXPORTER_IMAGE",), ("redis",), stacks=tuple(ENVIRONMENTS)),
+    Exporter(
+        "pg_",
+        ("POSTGRES_EXPORTER_IMAGE", "POSTGRES_IMAGE"),
+        ("postgres",),
+        stacks=tuple(ENVIRONMENTS),
+    ),
+    Exporter("alertmanager_", ("ALERTMANAGER_IMAGE",), ("alertmanager",)),
     Exporter(
         "redis_",
         ("REDIS_EXPORTER_IMAGE", "REDIS_IMAGE"),

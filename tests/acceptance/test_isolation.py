@@ -9,7 +9,7 @@ import pytest
 import requests
 import yaml
 
-from infra.catalog import CORE_PORTS, ENVIRONMENTS, STACKS, TRAEFIK_NETWORK
+from infra.catalog import CORE_PORTS, ENVIRONMENTS, MONITORING_NETWORK, STACKS, TRAEFIK_NETWORK
 from infra.settings import STACKS_DIR
 
 # --- one environment cannot reach another -----------------------------------------------
@@ -125,6 +125,90 @@ def test_other_environment_addresses_are_unreachable(probe):
     assert by_address, results
     reached = [name for name, code in by_address.items() if code == 0]
     assert not reached, results
+
+
+# --- nothing on `monitoring` reaches a database -------------------------------------------
+# `monitoring` carries n8n (which runs user-written workflows), Grafana and every collector.
+# Only each environment's exporters join it (DESIGN decision 9); the databases do not.
+
+EXPORTER_FUNCTION = r"""
+exporter_answers() {
+  timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1" && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 &&
+    grep -q "^$2" <&3' "$1" "$2" "$3"
+}
+"""
+
+
+def _monitoring_probe_script(addresses: dict[str, list[str]]) -> str:
+    lines = [PROBE_FUNCTIONS, EXPORTER_FUNCTION]
+    for env in ENVIRONMENTS:
+        lines += [
+            f"check {env}-postgres-resolves getent hosts tasks.{env}_postgres",
+            f"check {env}-redis-resolves getent hosts tasks.{env}_redis",
+            f"check {env}-redis-exporter-answers "
+            f"exporter_answers tasks.{env}_redis-exporter 9121 redis_up",
+            f"check {env}-postgres-exporter-answers "
+            f"exporter_answers tasks.{env}_postgres-exporter 9187 pg_up",
+        ]
+        lines += [
+            f"check {env}-postgres-at-{ip} postgres_answers {ip}"
+            for ip in addresses[f"{env}_postgres"]
+        ]
+        lines += [
+            f"check {env}-redis-at-{ip} redis_answers {ip}" for ip in addresses[f"{env}_redis"]
+        ]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def monitoring_probe(platform):
+    """Exit codes of the checks, run by a container on `monitoring` (standing in for n8n)."""
+    image = platform.require("POSTGRES_IMAGE")  # has pg_isready, getent, bash and timeout
+    for variable in ("REDIS_IMAGE", "POSTGRES_EXPORTER_IMAGE", "REDIS_EXPORTER_IMAGE"):
+        platform.require(variable)
+    for env in ENVIRONMENTS:
+        platform.deploy(env)
+    addresses = {
+        f"{env}_{kind}": _task_addresses(platform, f"{env}_{kind}")
+        for env in ENVIRONMENTS
+        for kind in ("postgres", "redis")
+    }
+    assert all(addresses.values()), addresses
+    every = [ip for ips in addresses.values() for ip in ips]
+    with _kept_inside_the_node(platform, every):
+        container = platform.client.containers.run(
+            image,
+            entrypoint=["bash", "-c"],
+            command=[_monitoring_probe_script(addresses)],
+            network=MONITORING_NETWORK,
+            labels={"org.nextcandle.acceptance": "isolation-probe"},
+            detach=True,
+        )
+        try:
+            container.wait(timeout=300)
+            output = container.logs().decode()
+        finally:
+            container.remove(force=True)
+    results = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    return {name: int(code) for name, code in results.items()}
+
+
+def test_a_probe_on_monitoring_reaches_every_exporter(monitoring_probe):
+    """The positive control: the exporters answer it, with the metrics of their database."""
+    answers = {n: c for n, c in monitoring_probe.items() if n.endswith("-exporter-answers")}
+    assert len(answers) == 2 * len(ENVIRONMENTS), monitoring_probe
+    assert all(code == 0 for code in answers.values()), monitoring_probe
+
+
+def test_a_probe_on_monitoring_cannot_resolve_any_database(monitoring_probe):
+    resolved = [n for n, c in monitoring_probe.items() if n.endswith("-resolves") and c == 0]
+    assert not resolved, monitoring_probe
+
+
+def test_a_probe_on_monitoring_cannot_reach_any_database_address(monitoring_probe):
+    by_address = {n: c for n, c in monitoring_probe.items() if "-at-" in n}
+    assert len(by_address) >= 2 * len(ENVIRONMENTS), monitoring_probe
+    assert not [n for n, c in by_address.items() if c == 0], monitoring_probe
 
 
 # --- traefik-public ---------------------------------------------------------------------

@@ -236,6 +236,6 @@ def test_every_dashboard_metric_has_an_exporter(path):
 
 
 def test_the_longest_exporter_prefix_wins():
-    assert exporter_of("redis_exporter_build_info").jobs == ("redis-exporter",)
+    assert exporter_of("redis_exporter_build_info").prefix == "redis_exporter_"
     assert exporter_of("redis_up").jobs == ("redis",)
     assert len({e.prefix for e in EXPORTERS}) == len(EXPORTERS)

@@ -38,7 +38,7 @@ def test_a_changed_secret_value_renames_only_its_secrets(settings, values):
     changed = {**values, "dev_redis_password": "another-password-of-enough-length-000000"}
     after = {o.key: o.name for o in planning.plan_stack("dev", settings, changed).secrets}
     renamed = {key for key in before if before[key] != after[key]}
-    assert renamed == {"redis_password", "redis_auth_conf"}
+    assert renamed == {"redis_password", "redis_auth_conf", "redis_exporter_passwords"}
 
 
 def test_environments_use_their_own_postgres_config(settings, values):

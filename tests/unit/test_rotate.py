@@ -159,13 +159,18 @@ def test_postgres_password_reaches_only_its_environment(values):
     }
 
 
-def test_redis_password_also_reaches_the_exporter_of_the_shared_stack(settings, values):
+def test_redis_password_reaches_its_own_environments_exporter_and_nothing_shared(settings, values):
     affected = rotate.affected_secrets(values, ("stg_redis_password",))
-    assert affected == {
-        "stg": ["redis_password", "redis_auth_conf"],
-        "shared": ["redis_exporter_passwords"],
-    }
-    assert rotate.rolling_services(settings, affected) == ["shared_redis-exporter", "stg_redis"]
+    assert affected == {"stg": ["redis_password", "redis_auth_conf", "redis_exporter_passwords"]}
+    assert rotate.rolling_services(settings, affected) == ["stg_redis", "stg_redis-exporter"]
+
+
+def test_postgres_password_rolls_its_exporter_too(settings, values):
+    affected = rotate.affected_secrets(values, ("prod_postgres_password",))
+    assert rotate.rolling_services(settings, affected) == [
+        "prod_postgres",
+        "prod_postgres-exporter",
+    ]
 
 
 def test_s3_keys_roll_the_object_storage(settings, values):
@@ -186,7 +191,7 @@ def test_plan_names_the_steps_and_the_services_that_roll_without_values(settings
     lines = rotate.plan(settings, "dev_redis_password")
     text = "\n".join(lines)
     assert [line.split(".")[0].strip() for line in lines[1:]] == ["1", "2", "3", "4", "5", "6"]
-    assert "dev_redis, shared_redis-exporter" in text
+    assert "dev_redis, dev_redis-exporter" in text
     assert str(rotate.pending_path(settings)) in text
     assert not rotate.pending_path(settings).exists()  # a plan changes nothing
     for value in values.values():

@@ -83,12 +83,21 @@ def test_unknown_key_is_named_without_values(settings, generated):
         secrets.load(settings)
 
 
-def test_redis_exporter_password_file_is_a_json_map_of_every_environment(generated):
-    content = json.loads(secrets.render_secret("shared", "redis_exporter_passwords", generated))
-    assert content == {
-        f"redis://tasks.{env}_redis:6379": generated[f"{env}_redis_password"]
-        for env in ENVIRONMENTS
-    }
+@pytest.mark.parametrize("env", list(ENVIRONMENTS))
+def test_each_environments_redis_exporter_gets_its_own_redis_password_only(generated, env):
+    content = json.loads(secrets.render_secret(env, "redis_exporter_passwords", generated))
+    assert content == {f"redis://tasks.{env}_redis:6379": generated[f"{env}_redis_password"]}
+    others = [generated[f"{other}_redis_password"] for other in ENVIRONMENTS if other != env]
+    assert not any(password in json.dumps(content) for password in others)
+
+
+def test_the_shared_stack_holds_no_environment_password(generated):
+    rendered = [
+        secrets.render_secret("shared", key, generated) for key in secrets.DOCKER_SECRETS["shared"]
+    ]
+    for env in ENVIRONMENTS:
+        for key in ("postgres_password", "redis_password"):
+            assert not any(generated[f"{env}_{key}"].encode() in data for data in rendered)
 
 
 def test_s3_config_has_one_identity_and_no_anonymous_access(generated):

@@ -152,5 +152,5 @@ def test_an_external_config_infra_does_not_generate_is_one_clear_line(settings, 
         planning.plan_stack("shared", other, values)
     assert str(error.value) == (
         "shared.yml: config mystery is external, and infra generates none of that name. "
-        "Give it a file: (generated: prometheus_node_targets)."
+        "Give it a file: (generated: alertmanager, prometheus_node_targets)."
     )

@@ -1,0 +1,1 @@
+"""Alerts: receivers from `.env`, Alertmanager's generated configuration, and what fires."""
