@@ -3,7 +3,8 @@
 Every PromQL expression of every dashboard parses in promtool (the Prometheus image's own),
 and so does every rules file under configs/prometheus. Every metric a dashboard reads exists
 in the acceptance swarm's Prometheus, once its exporter has been scraped after traffic: a
-renamed metric fails here, not in a dashboard.
+renamed metric fails here, not in a dashboard. The only exceptions are named one by one, with
+the reason, in PRODUCED_LATER.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Exporter:
     traffic: Callable | None = field(default=None, compare=False)
 
 
+PROMETHEUS = Exporter("prometheus_", ("PROMETHEUS_IMAGE",), ("prometheus",))
 EXPORTERS = (
     Exporter("node_", ("NODE_EXPORTER_IMAGE",), ("node-exporter",)),
     Exporter("container_", ("CADVISOR_IMAGE",), ("cadvisor",)),
@@ -89,13 +91,39 @@ EXPORTERS = (
         stacks=tuple(ENVIRONMENTS),
         traffic=_redis_traffic,
     ),
+    Exporter(
+        "pg_",
+        ("POSTGRES_EXPORTER_IMAGE", "POSTGRES_IMAGE"),
+        ("postgres",),
+        stacks=tuple(ENVIRONMENTS),
+    ),
     Exporter("SeaweedFS_", ("SEAWEEDFS_IMAGE",), ("seaweedfs",)),
-    Exporter("prometheus_", ("PROMETHEUS_IMAGE",), ("prometheus",)),
+    PROMETHEUS,
 )
+
+# Series Prometheus writes itself rather than scrapes, by exact name: `up`, one per target
+# and scrape, is there as soon as Prometheus has scraped its own job.
+PROMETHEUS_SERIES = frozenset({"up"})
+
+# Metrics a dashboard reads that a fresh acceptance swarm does not have yet, by exact name,
+# each with the reason. Their queries still parse in promtool; only their presence in
+# Prometheus is not required. A name leaves this list once an exporter above serves it.
+PRODUCED_LATER = {
+    "nextcandle_backup_last_success_timestamp_seconds": (
+        "written by the platform's scheduled backups (issue 12) after a verified backup; "
+        "the suite's swarm has made none when the dashboards are checked"
+    ),
+    "ALERTS": (
+        "Prometheus writes it only while an alert rule is pending or firing, and a healthy "
+        "swarm may have none"
+    ),
+}
 
 
 def exporter_of(metric: str) -> Exporter | None:
-    """The exporter of the longest prefix that matches."""
+    """Prometheus for its own series, else the exporter of the longest prefix that matches."""
+    if metric in PROMETHEUS_SERIES:
+        return PROMETHEUS
     matching = [e for e in EXPORTERS if metric.startswith(e.prefix)]
     return max(matching, key=lambda e: len(e.prefix), default=None)
 
@@ -266,7 +294,9 @@ def _uses(prometheus, queries) -> dict[str, list[str]]:
 
 def _check_metrics(platform, prometheus, used: dict[str, list[str]]) -> list[Exporter]:
     """Fail for a metric Prometheus does not have once its exporter, where it runs here, has
-    been scraped after traffic. Returns the exporters that have no image here, unchecked."""
+    been scraped after traffic. Returns the exporters that have no image here, unchecked.
+    Metrics in PRODUCED_LATER are not looked for."""
+    used = {name: where for name, where in used.items() if name not in PRODUCED_LATER}
     unknown = {name: where for name, where in used.items() if exporter_of(name) is None}
     assert not unknown, f"no service scraped by Prometheus serves these metrics: {unknown}"
     by_exporter: dict[Exporter, list[str]] = {}

@@ -35,7 +35,10 @@ REQUIRED_DASHBOARDS = {
     "containers": "container_",
     "traefik": "traefik_",
     "redis": "redis_",
+    "postgres": "pg_",
 }
+# Reads across every exporter, so it has no one prefix; links to every other dashboard.
+OVERVIEW_DASHBOARD = DASHBOARD_DIR / "overview.json"
 DASHBOARD_FILES = sorted(DASHBOARD_DIR.glob("*.json"))
 # Grafana's own variables, never declared in a dashboard.
 BUILTIN_VARIABLES = {
@@ -309,6 +312,20 @@ def provisioned_uids():
 @pytest.mark.parametrize("name", sorted(REQUIRED_DASHBOARDS), ids=sorted(REQUIRED_DASHBOARDS))
 def test_required_dashboard_exists(name):
     assert (DASHBOARD_DIR / f"{name}.json").is_file()
+
+
+def test_overview_links_to_every_other_dashboard():
+    """Through a link by tag, so a dashboard added later is listed without editing this one:
+    every other dashboard must carry the tags the link lists."""
+    overview = _dashboard(OVERVIEW_DASHBOARD)
+    tag_links = [link for link in overview["links"] if link.get("type") == "dashboards"]
+    assert tag_links
+    tags = set(tag_links[0]["tags"])
+    assert tags
+    others = [path for path in DASHBOARD_FILES if path != OVERVIEW_DASHBOARD]
+    assert others
+    unlisted = {path.stem for path in others if not tags <= set(_dashboard(path)["tags"])}
+    assert unlisted == set()
 
 
 @pytest.mark.parametrize("path", DASHBOARD_FILES, ids=[p.stem for p in DASHBOARD_FILES])
