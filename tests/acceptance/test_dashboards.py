@@ -91,12 +91,6 @@ EXPORTERS = (
         stacks=tuple(ENVIRONMENTS),
         traffic=_redis_traffic,
     ),
-    Exporter(
-        "pg_",
-        ("POSTGRES_EXPORTER_IMAGE", "POSTGRES_IMAGE"),
-        ("postgres",),
-        stacks=tuple(ENVIRONMENTS),
-    ),
     Exporter("SeaweedFS_", ("SEAWEEDFS_IMAGE",), ("seaweedfs",)),
     PROMETHEUS,
 )
