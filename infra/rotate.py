@@ -14,8 +14,8 @@ interrupted rotation is finished by running the same command again:
              rename, 0600); a value already there is left alone.
 4. redeploy  every deployed stack whose Docker secrets change is deployed again through
              `deploy.apply`: new content-hashed secret versions, only the services that
-             mount them roll (the redis password also rolls shared's redis-exporter, whose
-             password map holds every environment's), old versions pruned after convergence.
+             mount them roll (a database password also rolls that environment's exporter,
+             which reads the same secrets), old versions pruned after convergence.
 5. check     the service accepts the new value and refuses the old one.
 6. done      the pending record is removed.
 
