@@ -17,10 +17,11 @@ JOB_IMAGES = {
     "prometheus": "PROMETHEUS_IMAGE",
     "traefik": "TRAEFIK_IMAGE",
     "seaweedfs": "SEAWEEDFS_IMAGE",
-    "redis-exporter": "REDIS_EXPORTER_IMAGE",
+    "alertmanager": "ALERTMANAGER_IMAGE",
     "cadvisor": "CADVISOR_IMAGE",
     "node-exporter": "NODE_EXPORTER_IMAGE",
     "redis": "REDIS_EXPORTER_IMAGE",
+    "postgres": "POSTGRES_EXPORTER_IMAGE",
     "alloy": "ALLOY_IMAGE",
     "loki": "LOKI_IMAGE",
     "grafana": "GRAFANA_IMAGE",
@@ -93,7 +94,7 @@ def test_every_configured_target_is_up(shared, job):
     if job in NOT_DEPLOYED:
         pytest.skip(f"job {job}: {NOT_DEPLOYED[job]}")
     shared.require(JOB_IMAGES.get(job, "PROMETHEUS_IMAGE"))
-    if job == "redis":  # its targets are the environments' Redis servers
+    if job in ("redis", "postgres"):  # its targets are the environments' own exporters
         for env in ("dev", "stg", "prod"):
             shared.deploy(env)
 
