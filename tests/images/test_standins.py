@@ -771,7 +771,7 @@ def amtool_check_config(container, config: bytes):
 @pytest.mark.parametrize(
     "receiver", list(RECEIVERS_WITH_FILES.values()), ids=list(RECEIVERS_WITH_FILES)
 )
-def test_amtool_accepts_a_receiver_credential_file(alertmanager, receiver):
+def test_alertmanager_amtool_accepts_a_receiver_credential_file(alertmanager, receiver):
     container, _ = alertmanager
     code, output = amtool_check_config(container, alertmanager_config(receiver))
     assert code == 0, output.decode(errors="replace")
@@ -780,7 +780,7 @@ def test_amtool_accepts_a_receiver_credential_file(alertmanager, receiver):
 @pytest.mark.parametrize(
     ("global_", "receiver"), list(GLOBALS_WITH_FILES.values()), ids=list(GLOBALS_WITH_FILES)
 )
-def test_amtool_accepts_a_global_credential_file(alertmanager, global_, receiver):
+def test_alertmanager_amtool_accepts_a_global_credential_file(alertmanager, global_, receiver):
     container, _ = alertmanager
     code, output = amtool_check_config(container, alertmanager_config(receiver, global_))
     assert code == 0, output.decode(errors="replace")
@@ -798,7 +798,7 @@ def test_amtool_accepts_a_global_credential_file(alertmanager, global_, receiver
     ],
     ids=["unknown-option", "url-and-url_file"],
 )
-def test_amtool_refuses_a_wrong_credential_option(alertmanager, receiver, complaint):
+def test_alertmanager_amtool_refuses_a_wrong_credential_option(alertmanager, receiver, complaint):
     container, _ = alertmanager
     code, output = amtool_check_config(container, alertmanager_config(receiver))
     assert code != 0 and complaint in output, output.decode(errors="replace")
