@@ -65,6 +65,8 @@ def remove_labelled(client) -> None:
         container.remove(force=True, v=True)
     for volume in client.volumes.list(filters={"label": f"{TEST_LABEL}={TEST_LABEL_VALUE}"}):
         volume.remove(force=True)
+    for network in client.networks.list(filters={"label": f"{TEST_LABEL}={TEST_LABEL_VALUE}"}):
+        network.remove()
 
 
 @pytest.fixture(scope="session")
@@ -91,12 +93,14 @@ def standin(docker_client, standin_tags):
 
 
 class Containers:
-    """Starts labelled containers and volumes; removes them when the owning fixture ends."""
+    """Starts labelled containers, volumes and networks; removes them when the owning fixture
+    ends."""
 
     def __init__(self, client):
         self.client = client
         self.started = []
         self.volumes = []
+        self.networks = []
 
     def volume(self, purpose: str):
         volume = self.client.volumes.create(
@@ -104,6 +108,14 @@ class Containers:
         )
         self.volumes.append(volume)
         return volume.name
+
+    def network(self, purpose: str) -> str:
+        """A user-defined bridge network: its containers reach each other by container name."""
+        network = self.client.networks.create(
+            f"standin-test-{purpose}-{uuid.uuid4().hex[:8]}", driver="bridge", labels=LABELS
+        )
+        self.networks.append(network)
+        return network.name
 
     def create(self, image: str, *, files: dict[str, tuple[bytes, int]] | None = None, **kwargs):
         kwargs.setdefault("name", f"standin-test-{uuid.uuid4().hex[:10]}")
@@ -133,6 +145,9 @@ class Containers:
         for volume in self.volumes:
             with contextlib.suppress(Exception):
                 volume.remove(force=True)
+        for network in self.networks:
+            with contextlib.suppress(Exception):
+                network.remove()
 
 
 @pytest.fixture(scope="module")

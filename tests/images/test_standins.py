@@ -6,6 +6,7 @@ built skips (fails when CI=true). Ports are published on 127.0.0.1 only, on free
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import tempfile
@@ -15,6 +16,7 @@ import urllib.request
 import uuid
 
 import pytest
+import yaml
 
 from . import dind
 from .conftest import (
@@ -495,6 +497,423 @@ def test_redis_exporter_finds_passwords_in_a_json_map_file(standin, containers, 
     scraped = http_text(f"{base}/scrape?target={urllib.parse.quote(address, safe='')}")
     assert "\nredis_up 1\n" in scraped, scraped[-2000:]
     assert process_uid(container) == 59000
+
+
+# ---------------------------------------------------------------------------------------------
+# postgres-exporter (quay.io/prometheuscommunity/postgres-exporter), against the postgres stand-in
+
+EXPORTER_PG_MAX_CONNECTIONS = "37"
+
+
+def http_metrics(url: str) -> dict[str, list[str]]:
+    """Prometheus text exposition -> {metric name: [sample lines]}."""
+    samples: dict[str, list[str]] = {}
+    for line in http_text(url).splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            samples.setdefault(name, []).append(line)
+    return samples
+
+
+@pytest.fixture(scope="module")
+def postgres_for_exporter(standin, containers):
+    """A postgres stand-in on its own network, reached by the exporter by container name."""
+    network = containers.network("pgexporter")
+    server = containers.run(
+        standin("postgres"),
+        command=["postgres", "-c", f"max_connections={EXPORTER_PG_MAX_CONNECTIONS}"],
+        environment={
+            "POSTGRES_USER": PG_USER,
+            "POSTGRES_DB": PG_DB,
+            "POSTGRES_PASSWORD_FILE": "/run/secrets/postgres_password",
+        },
+        files={"/run/secrets/postgres_password": secret(PG_PASSWORD)},
+        network=network,
+        detach=True,
+    )
+    ready = ["pg_isready", "-q", "-h", "127.0.0.1", "-U", PG_USER]
+    wait_for(
+        lambda: server.exec_run(ready).exit_code == 0,
+        timeout=90,
+        what="postgres to listen on TCP",
+        container=server,
+    )
+    return server, network
+
+
+def start_postgres_exporter(standin, containers, postgres_for_exporter, password_file: bytes):
+    """The exporter as the env stack runs it: URI and user in the environment, the password
+    only in DATA_SOURCE_PASS_FILE."""
+    server, network = postgres_for_exporter
+    container = containers.run(
+        standin("postgres-exporter"),
+        environment={
+            "DATA_SOURCE_URI": f"{server.name}:5432/{PG_DB}?sslmode=disable",
+            "DATA_SOURCE_USER": PG_USER,
+            "DATA_SOURCE_PASS_FILE": "/run/secrets/postgres_password",
+        },
+        files={"/run/secrets/postgres_password": (password_file, 0o444)},
+        network=network,
+        ports=loopback("9187/tcp"),
+        detach=True,
+    )
+    url = f"http://127.0.0.1:{host_port(container, '9187/tcp')}/metrics"
+    wait_for(
+        lambda: http_status(url) == 200,
+        timeout=30,
+        what="postgres-exporter /metrics",
+        container=container,
+    )
+    return container, url
+
+
+@pytest.fixture(scope="module")
+def postgres_exporter(standin, containers, postgres_for_exporter):
+    # A trailing newline, as `echo pw > file` leaves it: the exporter trims the file.
+    return start_postgres_exporter(
+        standin, containers, postgres_for_exporter, (PG_PASSWORD + "\n").encode()
+    )
+
+
+def test_postgres_exporter_logs_in_with_the_password_file(postgres_exporter):
+    _, url = postgres_exporter
+    assert http_metrics(url)["pg_up"] == ["pg_up 1"]
+
+
+def test_postgres_exporter_reports_pg_up_0_with_a_wrong_password(
+    standin, containers, postgres_for_exporter
+):
+    _, url = start_postgres_exporter(
+        standin, containers, postgres_for_exporter, (PG_PASSWORD + "-wrong").encode()
+    )
+    assert http_metrics(url)["pg_up"] == ["pg_up 0"]
+
+
+def test_postgres_exporter_reads_settings_of_the_server_it_scrapes(postgres_exporter):
+    _, url = postgres_exporter
+    samples = http_metrics(url)["pg_settings_max_connections"]
+    assert [sample.rsplit(" ", 1)[1] for sample in samples] == [EXPORTER_PG_MAX_CONNECTIONS]
+
+
+# What the Postgres dashboard and alert rules read, all served by default in v0.17.1: pg_up and
+# pg_stat_activity_* (the exporter's built-in queries), pg_settings_*, and the database, locks
+# and stat_database collectors (enabled by default; postmaster and stat_checkpointer are not).
+DEFAULT_POSTGRES_METRICS = [
+    "pg_up",
+    "pg_stat_activity_count",
+    "pg_stat_activity_max_tx_duration",
+    "pg_settings_max_connections",
+    "pg_settings_superuser_reserved_connections",
+    "pg_stat_database_numbackends",
+    "pg_stat_database_xact_commit",
+    "pg_stat_database_xact_rollback",
+    "pg_stat_database_blks_hit",
+    "pg_stat_database_blks_read",
+    "pg_stat_database_deadlocks",
+    "pg_database_size_bytes",
+    "pg_locks_count",
+]
+
+
+@pytest.mark.parametrize("metric", DEFAULT_POSTGRES_METRICS, ids=str)
+def test_postgres_exporter_serves_by_default(postgres_exporter, metric):
+    _, url = postgres_exporter
+    assert metric in http_metrics(url)
+
+
+def test_postgres_exporter_runs_as_nobody_with_a_wget_health_check(postgres_exporter):
+    container, _ = postgres_exporter
+    assert process_uid(container) == 65534
+    # The landing page answers without querying Postgres.
+    exec_ok(container, ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9187/"])
+
+
+# ---------------------------------------------------------------------------------------------
+# alertmanager (prom/alertmanager)
+
+
+def http_json(url: str, payload=None, timeout: float = 5):
+    """GET (or POST `payload` as JSON) and decode the JSON answer."""
+    assert url.startswith("http://127.0.0.1:"), url
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(  # noqa: S310 (loopback http only)
+        url, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def start_alertmanager(standin, containers, *, command=None, files=None):
+    container = containers.run(
+        standin("alertmanager"),
+        command=command,
+        files=files,
+        ports=loopback("9093/tcp"),
+        detach=True,
+    )
+    base = f"http://127.0.0.1:{host_port(container, '9093/tcp')}"
+    wait_for(
+        lambda: http_status(f"{base}/-/ready") == 200,
+        timeout=60,
+        what="alertmanager /-/ready",
+        container=container,
+    )
+    return container, base
+
+
+@pytest.fixture(scope="module")
+def alertmanager(standin, containers):
+    """Alertmanager as the image starts it: its CMD and the config the image ships."""
+    return start_alertmanager(standin, containers)
+
+
+def post_alert(base: str, **labels: str) -> dict[str, str]:
+    labels = {"alertname": "StandinContract", "severity": "warning", **labels}
+    http_json(
+        f"{base}/api/v2/alerts",
+        [{"labels": labels, "annotations": {"summary": "contract test of the stand-in"}}],
+    )
+    return labels
+
+
+def test_alertmanager_keeps_a_posted_alert_and_lists_it(alertmanager):
+    _, base = alertmanager
+    marker = uuid.uuid4().hex
+    post_alert(base, test_id=marker)
+    query = urllib.parse.quote(f'test_id="{marker}"')
+    alerts = http_json(f"{base}/api/v2/alerts?filter={query}")
+    assert [(a["labels"]["alertname"], a["status"]["state"]) for a in alerts] == [
+        ("StandinContract", "active")
+    ]
+
+
+def test_alertmanager_runs_the_config_the_image_ships_as_nobody(alertmanager):
+    container, base = alertmanager
+    status = http_json(f"{base}/api/v2/status")
+    assert "name: web.hook" in status["config"]["original"]
+    assert process_uid(container) == 65534
+    # The stack's health check.
+    exec_ok(container, ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9093/-/healthy"])
+
+
+def test_alertmanager_keeps_data_in_its_volume_with_upstream_defaults(standin, containers):
+    """A stack `command:` replaces the CMD; without --storage.path upstream's binary writes to
+    data/ under its working directory /alertmanager (the volume), and so must the stand-in."""
+    container, _ = start_alertmanager(
+        standin,
+        containers,
+        command=["--config.file=/etc/alertmanager/alertmanager.yml", "--cluster.listen-address="],
+    )
+    container.stop(timeout=30)  # Alertmanager writes its snapshots on shutdown
+    container.start()
+    listing = exec_ok(container, ["ls", "/alertmanager/data"]).split()
+    assert {"nflog", "silences"} <= set(listing)
+
+
+# The receivers' *_file options the platform uses (Docker secrets), each as a receiver of its own.
+SECRET = "/run/secrets/alertmanager_credential"
+RECEIVERS_WITH_FILES = {
+    "webhook_configs-url_file": {"webhook_configs": [{"url_file": SECRET}]},
+    "slack_configs-api_url_file": {
+        "slack_configs": [{"api_url_file": SECRET, "channel": "#alerts"}]
+    },
+    "telegram_configs-bot_token_file": {
+        "telegram_configs": [{"bot_token_file": SECRET, "chat_id": 42}]
+    },
+    "email_configs-auth_password_file": {
+        "email_configs": [
+            {
+                "to": "ops@example.org",
+                "from": "alertmanager@example.org",
+                "smarthost": "smtp.example.org:587",
+                "auth_username": "alertmanager",
+                "auth_password_file": SECRET,
+            }
+        ]
+    },
+}
+GLOBALS_WITH_FILES = {
+    "global-slack_api_url_file": (
+        {"slack_api_url_file": SECRET},
+        {"slack_configs": [{"channel": "#alerts"}]},
+    ),
+    "global-smtp_auth_password_file": (
+        {
+            "smtp_smarthost": "smtp.example.org:587",
+            "smtp_from": "alertmanager@example.org",
+            "smtp_auth_username": "alertmanager",
+            "smtp_auth_password_file": SECRET,
+        },
+        {"email_configs": [{"to": "ops@example.org"}]},
+    ),
+}
+
+
+def alertmanager_config(receiver: dict, global_: dict | None = None, **route) -> bytes:
+    config = {
+        "route": {"receiver": "team", **route},
+        "receivers": [{"name": "team", **receiver}],
+    }
+    if global_:
+        config["global"] = global_
+    return yaml.safe_dump(config, sort_keys=False).encode()
+
+
+def amtool_check_config(container, config: bytes):
+    put_files(
+        container,
+        {"/tmp/check.yml": (config, 0o444), SECRET: secret("credential-from-a-secret")},
+    )
+    return container.exec_run(["amtool", "check-config", "/tmp/check.yml"])
+
+
+@pytest.mark.parametrize(
+    "receiver", list(RECEIVERS_WITH_FILES.values()), ids=list(RECEIVERS_WITH_FILES)
+)
+def test_alertmanager_amtool_accepts_a_receiver_credential_file(alertmanager, receiver):
+    container, _ = alertmanager
+    code, output = amtool_check_config(container, alertmanager_config(receiver))
+    assert code == 0, output.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("global_", "receiver"), list(GLOBALS_WITH_FILES.values()), ids=list(GLOBALS_WITH_FILES)
+)
+def test_alertmanager_amtool_accepts_a_global_credential_file(alertmanager, global_, receiver):
+    container, _ = alertmanager
+    code, output = amtool_check_config(container, alertmanager_config(receiver, global_))
+    assert code == 0, output.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("receiver", "complaint"),
+    [
+        # The JSON name of bot_token_file; YAML knows only bot_token_file.
+        ({"telegram_configs": [{"token_file": SECRET, "chat_id": 42}]}, b"token_file"),
+        (
+            {"webhook_configs": [{"url": "http://127.0.0.1:5001/", "url_file": SECRET}]},
+            b"at most one of url & url_file",
+        ),
+    ],
+    ids=["unknown-option", "url-and-url_file"],
+)
+def test_alertmanager_amtool_refuses_a_wrong_credential_option(alertmanager, receiver, complaint):
+    container, _ = alertmanager
+    code, output = amtool_check_config(container, alertmanager_config(receiver))
+    assert code != 0 and complaint in output, output.decode(errors="replace")
+
+
+# A minimal SMTP server for busybox `nc -e`: it logs what the client says and accepts it all.
+SMTP_SERVER = b"""#!/bin/sh
+cr=$(printf '\\r')
+printf '220 standin ESMTP\\r\\n'
+while IFS= read -r line; do
+    line=${line%"$cr"}
+    echo "$line" >> /tmp/received
+    case $line in
+        EHLO* | HELO*) printf '250-standin\\r\\n250 AUTH PLAIN\\r\\n' ;;
+        AUTH*) printf '235 2.7.0 accepted\\r\\n' ;;
+        DATA)
+            printf '354 go on\\r\\n'
+            while IFS= read -r body; do [ "${body%"$cr"}" = . ] && break; done
+            printf '250 queued\\r\\n' ;;
+        QUIT) printf '221 bye\\r\\n'; exit 0 ;;
+        *) printf '250 ok\\r\\n' ;;
+    esac
+done
+"""
+LISTENER = "127.0.0.1:5001"
+DELIVERIES = {
+    # receiver, the secret file (with the newline `echo` leaves), what the listener must see
+    "webhook-url_file": (
+        {"webhook_configs": [{"url_file": SECRET}]},
+        f"http://{LISTENER}/hook-from-the-file\n",
+        "POST /hook-from-the-file HTTP/1.1",
+    ),
+    "slack-api_url_file": (
+        {"slack_configs": [{"api_url_file": SECRET, "channel": "#alerts"}]},
+        f"http://{LISTENER}/services/from-the-file\n",
+        "POST /services/from-the-file HTTP/1.1",
+    ),
+    "telegram-bot_token_file": (
+        {
+            "telegram_configs": [
+                {"api_url": f"http://{LISTENER}", "bot_token_file": SECRET, "chat_id": 42}
+            ]
+        },
+        "123456:token-from-the-file\n",
+        "POST /bot123456:token-from-the-file/sendMessage HTTP/1.1",
+    ),
+    "email-auth_password_file": (
+        {
+            "email_configs": [
+                {
+                    "to": "ops@example.org",
+                    "from": "alertmanager@example.org",
+                    "smarthost": LISTENER,
+                    "require_tls": False,
+                    "auth_username": "alertmanager",
+                    "auth_password_file": SECRET,
+                }
+            ]
+        },
+        "password-from-the-file\n",
+        "AUTH PLAIN " + base64.b64encode(b"\0alertmanager\0password-from-the-file").decode(),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("receiver", "credential", "expected"), list(DELIVERIES.values()), ids=list(DELIVERIES)
+)
+def test_alertmanager_delivers_with_the_credential_file(
+    standin, containers, receiver, credential, expected
+):
+    """The file is read when a notification is sent, and trimmed of its trailing newline."""
+    container, base = start_alertmanager(
+        standin,
+        containers,
+        command=[
+            "--config.file=/etc/alertmanager/alertmanager.yml",
+            "--storage.path=/alertmanager",
+            "--cluster.listen-address=",
+        ],
+        files={
+            "/etc/alertmanager/alertmanager.yml": (
+                alertmanager_config(receiver, group_wait="0s", group_interval="1s"),
+                0o444,
+            ),
+            SECRET: (credential.encode(), 0o444),
+            "/tmp/smtp-server": (SMTP_SERVER, 0o755),
+        },
+    )
+    port = LISTENER.rsplit(":", 1)[1]
+    if "email_configs" in receiver:
+        listen = f"busybox nc -ll -p {port} -e /tmp/smtp-server"
+    else:  # one HTTP request, written down as it arrives (nc hangs up when its stdin ends)
+        listen = f"sleep 300 | busybox nc -l -p {port} > /tmp/received"
+    container.exec_run(["sh", "-c", listen], detach=True)
+    # Listening (state 0A) on the port, seen without connecting: `nc -l` takes one connection.
+    listening = ["sh", "-c", f"grep -qi ':{int(port):04X} [0-9A-F:]* 0A ' /proc/net/tcp*"]
+    wait_for(
+        lambda: container.exec_run(listening).exit_code == 0,
+        timeout=10,
+        what="the listener in the container",
+        container=container,
+    )
+    post_alert(base, test_id=uuid.uuid4().hex)
+
+    def received() -> str:
+        code, output = container.exec_run(["cat", "/tmp/received"])
+        return output.decode(errors="replace") if code == 0 else ""
+
+    wait_for(
+        lambda: expected in received(),
+        timeout=30,
+        what=f"the notification to reach the listener ({expected!r})",
+        container=container,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
