@@ -328,7 +328,7 @@ def memory_bytes(value: object) -> int:
     """A compose memory size: bytes (as `docker stack config` writes them) or 64M, 1G, ..."""
     match = _MEMORY_SIZE.fullmatch(str(value).strip().lower())
     if match is None:
-        raise SettingsError(f"memory reservation {value!r} is not a size like 64M or 1G.")
+        raise SettingsError(f"memory size {value!r} is not a size like 64M or 1G.")
     return int(Decimal(match["number"]) * _MEMORY_UNITS[match["unit"]])
 
 

@@ -58,7 +58,8 @@ DEFAULTS: dict[str, str | None] = {
     # Alert receivers and route timings (infra/alerts/receivers.py); none set: UI only.
     **receivers.DEFAULTS,
     # Every CPU and memory reservation is multiplied by it when a stack is rendered, limits
-    # are not: for a node smaller than the original's reservations (README, Resources).
+    # are not: for a node smaller than the original's reservations (stacks/README.md,
+    # Small nodes).
     "RESERVATIONS_SCALE": "1",
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.

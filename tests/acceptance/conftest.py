@@ -44,7 +44,7 @@ WORK_PARENT = os.environ.get("ACCEPTANCE_WORKDIR", "/var/tmp")
 ARTIFACTS = "ACCEPTANCE_ARTIFACTS"
 ARTIFACT_LOG_LINES = 200
 # A dind node reports the machine's CPUs (2 on the CI machine), fewer than the original's
-# reservations of the whole platform add up to (stacks/README.md, Resources): every
+# reservations of the whole platform add up to (stacks/README.md, Small nodes): every
 # reservation is halved, limits stay. tests/unit/test_resources.py checks the sum fits.
 RESERVATIONS_SCALE = "0.5"
 
