@@ -6,7 +6,7 @@ plan, the status report and the tests derive from the same tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 CORE = "core"
 SHARED = "shared"
@@ -117,6 +117,63 @@ ENVIRONMENTS: dict[str, Environment] = {
         redis_appendfsync="everysec",
         host_ports=False,
     ),
+}
+
+
+# The original platform's reservations and limits, by service (<stack>_<service>): the
+# contract the stack files are checked against (tests/unit/test_resources.py), and what the
+# table in stacks/README.md shows. None: no record of that value survives, in this repository
+# or its issues; it is not guessed. A service whose values differ from these, or whose values
+# are not all recorded, says why in a comment in its stack file's `resources:` block.
+@dataclass(frozen=True)
+class OriginalResources:
+    source: str  # where the record is
+    cpu_reservation: str | None = None
+    cpu_limit: str | None = None
+    memory_reservation: str | None = None
+    memory_limit: str | None = None
+
+    def values(self) -> tuple[str | None, str | None, str | None, str | None]:
+        return (self.cpu_reservation, self.cpu_limit, self.memory_reservation, self.memory_limit)
+
+
+_DESIGN = "DESIGN.md's per-environment table"
+_ISSUE = "issue 17"
+_NO_RECORD = "no record"
+NOT_IN_THE_ORIGINAL = "none: the original had no such service"
+
+ORIGINAL_RESOURCES: dict[str, OriginalResources] = {
+    **{
+        f"{env.name}_{service}": OriginalResources(_DESIGN, *astuple(resources))
+        for env in ENVIRONMENTS.values()
+        for service, resources in (("postgres", env.postgres), ("redis", env.redis))
+    },
+    **{f"{env}_postgres-exporter": OriginalResources(NOT_IN_THE_ORIGINAL) for env in ENVIRONMENTS},
+    # The original ran one redis-exporter, in the shared stack, for every environment.
+    **{
+        f"{env}_redis-exporter": OriginalResources(
+            f"{_ISSUE}: changed, the original's values not given"
+        )
+        for env in ENVIRONMENTS
+    },
+    "core_traefik": OriginalResources(_NO_RECORD),
+    "core_cloudflared": OriginalResources(f"{_ISSUE}: changed, the original's values not given"),
+    "shared_seaweedfs": OriginalResources(f"{_NO_RECORD} (the original ran MinIO here)"),
+    "shared_grafana": OriginalResources(
+        f"{_ISSUE}: the limits it found were twice these", cpu_limit="0.25", memory_limit="256M"
+    ),
+    "shared_prometheus": OriginalResources(_ISSUE, "0.10", "0.50", "128M", "512M"),
+    "shared_alertmanager": OriginalResources(NOT_IN_THE_ORIGINAL),
+    "shared_loki": OriginalResources(
+        f"{_ISSUE}: the limits it found were twice these", cpu_limit="0.25", memory_limit="256M"
+    ),
+    "shared_alloy": OriginalResources(f"{_NO_RECORD} (the original ran Promtail here)"),
+    "shared_cadvisor": OriginalResources(_NO_RECORD),
+    "shared_node-exporter": OriginalResources(
+        f"{_ISSUE}: the original's were higher, its values not given"
+    ),
+    "shared_n8n": OriginalResources(_ISSUE, "0.50", "2.00", "512M", "2G"),
+    "runner_runner": OriginalResources(_ISSUE, "0.50", "2.00", "1G", "4G"),
 }
 
 # Host ports of the core stack (Traefik), published in host mode on the manager.

@@ -34,6 +34,7 @@ from infra.plan import (
     StackPlan,
     deploy_order,
     plan_deploy,
+    scale_reservations,
 )
 from infra.settings import Settings
 from infra.targets import SwarmNode
@@ -233,6 +234,7 @@ def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) 
     Returns the names of the services created, updated or removed; does not wait.
     """
     rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    rendered = scale_reservations(rendered, stack.reservations_scale)
     for name in stack.disabled:
         rendered["services"].pop(name, None)
         report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")

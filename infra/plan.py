@@ -4,10 +4,12 @@ target needs, with content-hashed names. Pure: reads files, never talks to Docke
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import yaml
@@ -80,6 +82,7 @@ class StackPlan:
     ports: Mapping[str, int]
     resolve_image: str = "changed"
     disabled: tuple[str, ...] = ()  # services of the stack files left out (DISABLED_SERVICES)
+    reservations_scale: Decimal = Decimal(1)  # RESERVATIONS_SCALE, applied to the rendered stack
 
     def deploy_command(self) -> list[str]:
         """The stack is rendered by config_command() and read from stdin: only its changed
@@ -312,7 +315,40 @@ def plan_stack(
         ports=published_ports(stack, settings),
         resolve_image=settings.get("RESOLVE_IMAGE") or "changed",
         disabled=disabled,
+        reservations_scale=settings.reservations_scale,
     )
+
+
+_CPU_STEP = Decimal("0.001")
+_MEMORY_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>[kmg]?)b?")
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(value: object) -> int:
+    """A compose memory size: bytes (as `docker stack config` writes them) or 64M, 1G, ..."""
+    match = _MEMORY_SIZE.fullmatch(str(value).strip().lower())
+    if match is None:
+        raise SettingsError(f"memory size {value!r} is not a size like 64M or 1G.")
+    return int(Decimal(match["number"]) * _MEMORY_UNITS[match["unit"]])
+
+
+def scale_reservations(rendered: dict, scale: Decimal) -> dict:
+    """The rendered stack with every service's CPU and memory reservations multiplied by
+    `scale` (RESERVATIONS_SCALE); limits stay as the stack files say. Scale 1: unchanged."""
+    if scale == 1:
+        return rendered
+    scaled = copy.deepcopy(rendered)
+    for service in (scaled.get("services") or {}).values():
+        reservations = (service.get("deploy") or {}).get("resources", {}).get("reservations")
+        if not reservations:
+            continue
+        if "cpus" in reservations:
+            cpus = (Decimal(str(reservations["cpus"])) * scale).quantize(_CPU_STEP, ROUND_HALF_UP)
+            reservations["cpus"] = str(max(cpus, _CPU_STEP))
+        if "memory" in reservations:
+            memory = int(memory_bytes(reservations["memory"]) * scale)
+            reservations["memory"] = str(max(memory, 1))
+    return scaled
 
 
 def deploy_order(target: str) -> tuple[str, ...]:

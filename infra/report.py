@@ -37,6 +37,11 @@ def _stack_lines(stack: StackPlan, root: Path) -> list[str]:
     if stack.name in ENVIRONMENTS and not stack.ports:
         variable = ENVIRONMENTS[stack.name].host_ports_variable
         lines.append(f"  port        none ({variable}=off: reachable inside the swarm only)")
+    if stack.reservations_scale != 1:
+        lines.append(
+            f"  resources   every reservation x {stack.reservations_scale} (RESERVATIONS_SCALE); "
+            "limits as in the stack files"
+        )
     render = shlex.join(stack.config_command()).replace(f"{root}/", "")
     deploy = shlex.join(stack.deploy_command())
     lines.append(f"  command     {render} | (changed services only) {deploy}")

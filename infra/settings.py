@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from dotenv.parser import parse_stream
@@ -56,6 +57,10 @@ DEFAULTS: dict[str, str | None] = {
     "BACKUP_ROOT": None,  # <repo>/.backups
     # Alert receivers and route timings (infra/alerts/receivers.py); none set: UI only.
     **receivers.DEFAULTS,
+    # Every CPU and memory reservation is multiplied by it when a stack is rendered, limits
+    # are not: for a node smaller than the original's reservations (stacks/README.md,
+    # Small nodes).
+    "RESERVATIONS_SCALE": "1",
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -115,6 +120,10 @@ class Settings:
     @property
     def firewall_allow(self) -> tuple[ipaddress.IPv4Network, ...]:
         return parse_networks(self.get("FIREWALL_ALLOW"))
+
+    @property
+    def reservations_scale(self) -> Decimal:
+        return Decimal(self.values["RESERVATIONS_SCALE"])
 
     @property
     def runner_replicas(self) -> int:
@@ -223,6 +232,11 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
         raise SettingsError(
             f"RUNNER_REPLICAS={replicas!r}{where} is not a number from 1 to 32. Fix it in .env."
         )
+    if not _is_scale(values["RESERVATIONS_SCALE"]):
+        raise SettingsError(
+            f"RESERVATIONS_SCALE={values['RESERVATIONS_SCALE']!r}{where} is not a number above "
+            "0 and at most 1 (e.g. 0.5 halves every reservation). Fix it in .env."
+        )
     if values["RESOLVE_IMAGE"] not in _RESOLVE_IMAGE:
         raise SettingsError(
             f"RESOLVE_IMAGE={values['RESOLVE_IMAGE']!r}{where} is not valid. "
@@ -244,6 +258,14 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"DOMAIN_{env.upper()}={domain!r}{where} is not a host name. "
                 "Write it like app.example.com."
             )
+
+
+def _is_scale(value: str) -> bool:
+    try:
+        scale = Decimal(value)
+    except InvalidOperation:
+        return False
+    return scale.is_finite() and 0 < scale <= 1
 
 
 def parse_networks(value: str, where: str = "") -> tuple[ipaddress.IPv4Network, ...]:

@@ -43,6 +43,10 @@ WORK_PARENT = os.environ.get("ACCEPTANCE_WORKDIR", "/var/tmp")
 # uploads it); unset: nothing is written.
 ARTIFACTS = "ACCEPTANCE_ARTIFACTS"
 ARTIFACT_LOG_LINES = 200
+# A dind node reports the machine's CPUs (2 on the CI machine), fewer than the original's
+# reservations of the whole platform add up to (stacks/README.md, Small nodes): every
+# reservation is halved, limits stay. tests/unit/test_resources.py checks the sum fits.
+RESERVATIONS_SCALE = "0.5"
 
 
 def pytest_addoption(parser):
@@ -93,6 +97,7 @@ def swarm_settings(
         "DOCKER_HOST": swarm.manager.engine_url,
         "RESOLVE_IMAGE": "never",
         "DISABLED_SERVICES": ",".join(disabled),
+        "RESERVATIONS_SCALE": RESERVATIONS_SCALE,
         # The suite checks every port of the table, also those stg and prod keep off by default.
         **{env.host_ports_variable: "on" for env in ENVIRONMENTS.values()},
         **{v: c.ref for v, c in images.items() if c.ref},

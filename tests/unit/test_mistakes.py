@@ -88,6 +88,10 @@ def firewall_address(env, tmp):
     _env_file(env, "FIREWALL_ALLOW=10.0.0.1/8\n")
 
 
+def reservations_scale_word(env, tmp):
+    _env_file(env, "RESERVATIONS_SCALE=half\n")
+
+
 def _backup(tmp: Path) -> Path:
     return make_backup(tmp / "backups" / "prod" / "20261126T151500Z")
 
@@ -152,6 +156,7 @@ SCENARIOS: dict[int, Scenario] = {
     26: good_backup,
     27: no_setup,
     28: no_setup,
+    29: reservations_scale_word,
 }
 
 
