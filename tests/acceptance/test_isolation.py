@@ -270,21 +270,36 @@ def _public_domains(platform) -> list[str]:
     return sorted({platform.settings.domain(env) for env in ENVIRONMENTS})
 
 
-def test_prometheus_answers_on_its_local_host_name(routed):
+# What has no login of its own: on its *.localhost name only. (name, image, health path, text)
+UNAUTHENTICATED = [
+    ("prometheus", "PROMETHEUS_IMAGE", "/-/healthy", "Healthy"),
+    ("alertmanager", "ALERTMANAGER_IMAGE", "/-/healthy", "OK"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "path", "text"), UNAUTHENTICATED, ids=[u[0] for u in UNAUTHENTICATED]
+)
+def test_a_service_without_login_answers_on_its_local_host_name(routed, name, image, path, text):
     """The positive control for the 404s below: the route exists."""
-    routed.require("PROMETHEUS_IMAGE")
+    routed.require(image)
     response = routed.wait_for(
-        lambda: (r := routed.web("prometheus.localhost", "/-/healthy")).status_code == 200 and r,
-        what="Traefik to route prometheus.localhost",
+        lambda: (r := routed.web(f"{name}.localhost", path)).status_code == 200 and r,
+        what=f"Traefik to route {name}.localhost",
     )
-    assert "Healthy" in response.text
+    assert text in response.text
 
 
-def test_prometheus_is_not_routed_on_any_public_domain(routed):
-    routed.require("PROMETHEUS_IMAGE")
+@pytest.mark.parametrize(
+    ("name", "image", "path", "text"), UNAUTHENTICATED, ids=[u[0] for u in UNAUTHENTICATED]
+)
+def test_a_service_without_login_is_not_routed_on_any_public_domain(
+    routed, name, image, path, text
+):
+    routed.require(image)
     for domain in _public_domains(routed):
-        for host in (f"prometheus.{domain}", domain):
-            assert routed.web(host, "/-/healthy").status_code == 404, host
+        for host in (f"{name}.{domain}", domain):
+            assert routed.web(host, path).status_code == 404, host
 
 
 def test_dashboard_answers_on_its_own_port_behind_basic_auth(routed):
