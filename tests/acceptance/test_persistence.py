@@ -124,7 +124,6 @@ def _marker() -> str:
     return f"kept-{uuid.uuid4().hex}"
 
 
-
 def _running_task(platform, service: str) -> str:
     tasks = platform.client.services.get(service).tasks(filters={"desired-state": "running"})
     running = [t["ID"] for t in tasks if t["Status"]["State"] == "running"]

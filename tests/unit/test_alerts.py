@@ -213,3 +213,16 @@ def test_prometheus_loads_every_rules_file_and_alerts_through_alertmanager():
     assert prometheus["rule_files"] == ["/etc/prometheus/rules/*.yml"]
     (manager,) = prometheus["alerting"]["alertmanagers"]
     assert manager["dns_sd_configs"][0]["names"] == ["tasks.shared_alertmanager"]
+
+
+def test_a_deploy_of_shared_says_where_alerts_go_or_that_they_go_nowhere(environ):
+    from infra import report
+
+    alone = report.access_info(_load(environ), ("shared",), None)
+    assert receivers.NONE_CONFIGURED in alone.splitlines()
+    webhook = report.access_info(
+        _load(environ, ALERT_WEBHOOK_URL=ALL_RECEIVERS["ALERT_WEBHOOK_URL"]), ("shared",), None
+    )
+    assert "alerts go to: webhook" in webhook
+    assert receivers.NONE_CONFIGURED not in webhook
+    assert ALL_RECEIVERS["ALERT_WEBHOOK_URL"] not in webhook
