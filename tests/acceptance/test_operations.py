@@ -59,7 +59,8 @@ def test_changed_secret_rolls_only_its_services_and_prunes_the_old_version(dev):
     lines = dev.apply("dev")
     after = _versions(dev, "core", "dev")
     changed = {name for name in after if after[name] != before[name]}
-    assert changed == {"dev_redis"}, lines
+    # Redis and its exporter, the two services that mount the password's secrets.
+    assert changed == {"dev_redis", "dev_redis-exporter"}, lines
     remaining = {s.name for s in dev.client.secrets.list()}
     assert not old_names & remaining, "the old secret versions were not pruned"
     client = redis.Redis(
@@ -150,7 +151,7 @@ def test_deploy_hands_every_stack_to_the_engine_before_waiting(dev):
     first_wait = next(i for i, line in enumerate(lines) if line.startswith("  core_"))
     assert handed_over and handed_over[0] < first_wait, lines
     assert {s.name for s in engine.stack_services(dev.client, "core")} == {"core_traefik"}
-    assert "stack dev: converged, 2 services changed" in lines, lines
+    assert "stack dev: converged, 4 services changed" in lines, lines
 
 
 def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
@@ -163,7 +164,12 @@ def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
     lines: list[str] = []
     since = time.time()
     changed = deploy.deploy_stack(dev.client, stack, report=lines.append)
-    assert set(changed) == {"dev_postgres", "dev_redis"}, lines
+    assert set(changed) == {
+        "dev_postgres",
+        "dev_postgres-exporter",
+        "dev_redis",
+        "dev_redis-exporter",
+    }, lines
     started = time.monotonic()
     with engine.count_api_calls(dev.client) as calls:
         states = converge.wait_converged(
