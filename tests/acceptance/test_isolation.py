@@ -74,6 +74,27 @@ def _kept_inside_the_node(platform, addresses: list[str]):
             node.run(f"iptables -D {rule}")
 
 
+def _run_probe(platform, image: str, script: str, network: str, blocked: list[str]) -> dict:
+    """Run the probe script in a container on `network`, with traffic to `blocked` kept
+    inside the node; the exit code of each check, by name."""
+    with _kept_inside_the_node(platform, blocked):
+        container = platform.client.containers.run(
+            image,
+            entrypoint=["bash", "-c"],
+            command=[script],
+            network=network,
+            labels={"org.nextcandle.acceptance": "isolation-probe"},
+            detach=True,
+        )
+        try:
+            container.wait(timeout=300)
+            output = container.logs().decode()
+        finally:
+            container.remove(force=True)
+    results = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+    return {name: int(code) for name, code in results.items()}
+
+
 @pytest.fixture(scope="module", params=DIRECTIONS, ids=lambda d: f"{d[0]}-to-{d[1]}")
 def probe(request, platform):
     """Exit codes of the checks, run by a container on <own>_backend: {check: code}."""
@@ -86,22 +107,9 @@ def probe(request, platform):
         kind: _task_addresses(platform, f"{other}_{kind}") for kind in ("postgres", "redis")
     }
     assert addresses["postgres"] and addresses["redis"], addresses
-    with _kept_inside_the_node(platform, addresses["postgres"] + addresses["redis"]):
-        container = platform.client.containers.run(
-            image,
-            entrypoint=["bash", "-c"],
-            command=[_probe_script(own, other, addresses)],
-            network=f"{own}_backend",
-            labels={"org.nextcandle.acceptance": "isolation-probe"},
-            detach=True,
-        )
-        try:
-            container.wait(timeout=300)
-            output = container.logs().decode()
-        finally:
-            container.remove(force=True)
-    results = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
-    return own, other, {name: int(code) for name, code in results.items()}
+    script = _probe_script(own, other, addresses)
+    blocked = addresses["postgres"] + addresses["redis"]
+    return own, other, _run_probe(platform, image, script, f"{own}_backend", blocked)
 
 
 def test_probe_reaches_its_own_environment(probe):
@@ -175,22 +183,8 @@ def monitoring_probe(platform):
     }
     assert all(addresses.values()), addresses
     every = [ip for ips in addresses.values() for ip in ips]
-    with _kept_inside_the_node(platform, every):
-        container = platform.client.containers.run(
-            image,
-            entrypoint=["bash", "-c"],
-            command=[_monitoring_probe_script(addresses)],
-            network=MONITORING_NETWORK,
-            labels={"org.nextcandle.acceptance": "isolation-probe"},
-            detach=True,
-        )
-        try:
-            container.wait(timeout=300)
-            output = container.logs().decode()
-        finally:
-            container.remove(force=True)
-    results = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
-    return {name: int(code) for name, code in results.items()}
+    script = _monitoring_probe_script(addresses)
+    return _run_probe(platform, image, script, MONITORING_NETWORK, every)
 
 
 def test_a_probe_on_monitoring_reaches_every_exporter(monitoring_probe):
