@@ -24,7 +24,8 @@ The package, one module per part:
   env         backup.env: Postgres and Redis
   shared      backup.shared: the object store's buckets and Grafana's database
   restore     restore.env
-This module is the entry: tasks and tests import from `infra.backup`, never from a part.
+  retention   BACKUP_KEEP: which backups are kept, and pruning the others
+This module is the entry: tasks, and whatever else uses backups, import from `infra.backup`.
 """
 
 from infra.backup.containers import SERVICE_LABEL, running_container
@@ -69,6 +70,15 @@ from infra.backup.restore import (
     restore_redis,
     scale,
 )
+from infra.backup.retention import (
+    TARGETS,
+    Entry,
+    PruneResult,
+    RetentionPlan,
+    plan_prune,
+    plan_retention,
+    prune,
+)
 from infra.backup.shared import backup_shared, copy_grafana_db, export_buckets
 
 __all__ = [
@@ -79,10 +89,14 @@ __all__ = [
     "POSTGRES_DUMP",
     "REDIS_RDB",
     "SERVICE_LABEL",
+    "TARGETS",
     "BackupError",
     "BackupResult",
+    "Entry",
+    "PruneResult",
     "Report",
     "RestoreResult",
+    "RetentionPlan",
     "_finalise",
     "_partial_dir",
     "aof_base_files",
@@ -100,6 +114,9 @@ __all__ = [
     "human_size",
     "is_backup_name",
     "list_dump",
+    "plan_prune",
+    "plan_retention",
+    "prune",
     "redis_key_count",
     "refuse_prod_without_yes",
     "restore_env",
