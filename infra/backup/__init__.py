@@ -24,7 +24,9 @@ The package, one module per part:
   env         backup.env: Postgres and Redis
   shared      backup.shared: the object store's buckets and Grafana's database
   restore     restore.env
+  run         one run of backup.env or backup.shared: the backup, its record, retention
   retention   BACKUP_KEEP: which backups are kept, and pruning the others
+  records     the record of each run that Prometheus reads (node-exporter's textfile collector)
 This module is the entry: tasks, and whatever else uses backups, import from `infra.backup`.
 """
 
@@ -63,6 +65,7 @@ from infra.backup.manifest import (
     validate,
     write_manifest,
 )
+from infra.backup.records import Record, last_records, status_line
 from infra.backup.restore import (
     RestoreResult,
     aof_base_files,
@@ -79,6 +82,7 @@ from infra.backup.retention import (
     plan_retention,
     prune,
 )
+from infra.backup.run import RunResult, run_backup
 from infra.backup.shared import backup_shared, copy_grafana_db, export_buckets
 
 __all__ = [
@@ -94,9 +98,11 @@ __all__ = [
     "BackupResult",
     "Entry",
     "PruneResult",
+    "Record",
     "Report",
     "RestoreResult",
     "RetentionPlan",
+    "RunResult",
     "_finalise",
     "_partial_dir",
     "aof_base_files",
@@ -113,6 +119,7 @@ __all__ = [
     "file_entry",
     "human_size",
     "is_backup_name",
+    "last_records",
     "list_dump",
     "plan_prune",
     "plan_retention",
@@ -121,11 +128,13 @@ __all__ = [
     "refuse_prod_without_yes",
     "restore_env",
     "restore_redis",
+    "run_backup",
     "running_container",
     "scale",
     "sha256_file",
     "snapshot_redis",
     "stamp",
+    "status_line",
     "table_counts",
     "validate",
     "write_manifest",

@@ -147,6 +147,32 @@ def copy_grafana_db(client, container, destination: Path, attempts: int = 3) -> 
     raise BackupError(f"grafana.db failed SQLite's integrity_check ({result}). Run it again.")
 
 
+SHARED_PARTS = ("seaweedfs", "grafana")
+
+
+def shared_containers(settings: Settings, client) -> dict[str, object]:
+    """Each part's running container, or (a str) why it is skipped. Raises, before anything
+    is written, when no part runs."""
+    found: dict[str, object] = {}
+    for service in SHARED_PARTS:
+        name = f"{SHARED}_{service}"
+        try:
+            found[service] = running_container(client, name)
+        except BackupError:
+            why = (
+                "left out by DISABLED_SERVICES"
+                if name in settings.disabled_services
+                else "not deployed or not running"
+            )
+            found[service] = f"{name} is {why}"
+    if all(isinstance(part, str) for part in found.values()):
+        raise BackupError(
+            "nothing to back up: neither shared_seaweedfs nor shared_grafana runs. "
+            "Deploy the shared stack (invoke deploy.shared)."
+        )
+    return found
+
+
 def backup_shared(
     settings: Settings,
     report: Report = print,
@@ -154,6 +180,7 @@ def backup_shared(
 ) -> BackupResult:
     """Back up the object store's buckets and Grafana's database into BACKUP_ROOT/shared/."""
     client = _long_client(settings, client)
+    containers = shared_containers(settings, client)
     parent = settings.backups / SHARED
     partial = _partial_dir(parent)
     notes: list[str] = []
@@ -166,19 +193,12 @@ def backup_shared(
         "files": {},
     }
     try:
-        for service in ("seaweedfs", "grafana"):
+        for service, container in containers.items():
             name = f"{SHARED}_{service}"
-            try:
-                container = running_container(client, name)
-            except BackupError:
-                why = (
-                    "left out by DISABLED_SERVICES"
-                    if name in settings.disabled_services
-                    else "not deployed or not running"
-                )
-                manifest["skipped"][service] = f"{name} is {why}"
-                notes.append(f"{service}: skipped ({name} is {why})")
-                report(f"backup shared: {service} skipped ({name} is {why})")
+            if isinstance(container, str):
+                manifest["skipped"][service] = container
+                notes.append(f"{service}: skipped ({container})")
+                report(f"backup shared: {service} skipped ({container})")
                 continue
             manifest["images"][service] = _service_image(client, name)
             if service == "seaweedfs":
@@ -186,11 +206,6 @@ def backup_shared(
             else:
                 manifest["grafana"] = copy_grafana_db(client, container, partial)
                 report("backup shared: grafana.db copied and checked")
-        if not manifest["images"]:
-            raise BackupError(
-                "nothing to back up: neither shared_seaweedfs nor shared_grafana runs. "
-                "Deploy the shared stack (invoke deploy.shared)."
-            )
         for file in sorted(p for p in partial.rglob("*") if p.is_file()):
             manifest["files"][file.relative_to(partial).as_posix()] = file_entry(file)
         write_manifest(partial, manifest)

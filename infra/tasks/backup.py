@@ -7,21 +7,32 @@ from infra.settings import check_target
 from infra.tasks.common import HELP, operator_errors, settings
 
 
+def _print_run(result) -> None:
+    from infra import backup
+
+    print(f"backup of {result.target} written and verified: {backup.describe(result.backup)}")
+    print(f"record for Prometheus: {result.record}")
+    if result.pruned is None:
+        print("retention: nothing pruned (--keep-all or BACKUP_KEEP=all)")
+    else:
+        kept = len(result.pruned.plan.kept)
+        print(
+            f"retention (BACKUP_KEEP={result.pruned.plan.keep_policy}): "
+            f"{len(result.pruned.removed)} pruned, {kept} kept"
+        )
+
+
 @task(help={"name": HELP["name"], "keep_all": HELP["keep_all"]}, auto_shortflags=False)
 @operator_errors
 def env(c, name="", keep_all=False):
     """Back up one environment's Postgres and Redis, verified; then prune (BACKUP_KEEP).
 
-    pg_dump and a Redis RDB snapshot into BACKUP_ROOT/<env>/<UTC time>/, then the older
-    backups BACKUP_KEEP no longer keeps are removed."""
+    pg_dump and a Redis RDB snapshot into BACKUP_ROOT/<env>/<UTC time>/, a record for
+    Prometheus, then the older backups BACKUP_KEEP no longer keeps are removed."""
     from infra import backup
 
     check_target(name, tuple(ENVIRONMENTS))
-    config = settings()
-    result = backup.backup_env(config, name)
-    print(f"backup of {name} written and verified: {backup.describe(result)}")
-    if not keep_all:
-        backup.prune(config, name)
+    _print_run(backup.run_backup(settings(), name, keep_all=keep_all))
 
 
 @task(help={"keep_all": HELP["keep_all"]}, auto_shortflags=False)
@@ -29,15 +40,11 @@ def env(c, name="", keep_all=False):
 def shared(c, keep_all=False):
     """Back up every object store bucket and Grafana's database, verified; then prune.
 
-    Into BACKUP_ROOT/shared/<UTC time>/, then the older backups BACKUP_KEEP no longer keeps
-    are removed."""
+    Into BACKUP_ROOT/shared/<UTC time>/, a record for Prometheus, then the older backups
+    BACKUP_KEEP no longer keeps are removed."""
     from infra import backup
 
-    config = settings()
-    result = backup.backup_shared(config)
-    print(f"backup of shared written and verified: {backup.describe(result)}")
-    if not keep_all:
-        backup.prune(config, SHARED)
+    _print_run(backup.run_backup(settings(), SHARED, keep_all=keep_all))
 
 
 @task(
