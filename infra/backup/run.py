@@ -19,7 +19,7 @@ import docker
 from infra.backup import records, retention
 from infra.backup.containers import _long_client, running_container
 from infra.backup.env import backup_env
-from infra.backup.manifest import BackupError, BackupResult, Report
+from infra.backup.manifest import BackupError, BackupResult, Report, describe
 from infra.backup.shared import backup_shared, shared_containers
 from infra.catalog import ENVIRONMENTS, SHARED
 from infra.errors import InfraError
@@ -81,6 +81,7 @@ def run_backup(
             f"{records.directory(settings)} and run the backup again."
         ) from None
 
+    report(f"backup of {target} written and verified: {describe(result)}")
     pruned = None
     if not keep_all and not keep.everything:
         try:

@@ -8,9 +8,7 @@ from infra.tasks.common import HELP, operator_errors, settings
 
 
 def _print_run(result) -> None:
-    from infra import backup
-
-    print(f"backup of {result.target} written and verified: {backup.describe(result.backup)}")
+    """After the run's own lines (the backup, then each backup pruned)."""
     print(f"record for Prometheus: {result.record}")
     if result.pruned is None:
         print("retention: nothing pruned (--keep-all or BACKUP_KEEP=all)")
