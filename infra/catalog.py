@@ -222,6 +222,8 @@ DATA_OWNERS: dict[str, tuple[int, int]] = {
     "n8n": (1000, 1000),
     "seaweedfs": (1000, 1000),  # the upstream image runs as user seaweed
     "alloy": (0, 0),
+    # Only read by the exporter (as nobody, the directory is 0755); written by `invoke backup.*`.
+    "node-exporter": (0, 0),
 }
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import docker
 
 from infra import converge, engine
 from infra.alerts import receivers
+from infra.backup.records import Record, status_line
+from infra.backup.records import as_json as records_json
 from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
 from infra.plan import Plan, StackPlan, published_ports
 from infra.settings import Settings
@@ -108,6 +112,17 @@ def alert_summary(client: docker.DockerClient) -> tuple[list[dict] | None, list[
     except InfraError as exc:
         return None, [f"alerts: unknown: {exc}"]
     return [api.as_json(a) for a in alerts], api.describe(alerts)
+
+
+def backup_summary(
+    last: Mapping[str, Record | None], now: float | None = None
+) -> tuple[dict[str, dict | None], list[str]]:
+    """The last backup run of each target, from the records Prometheus reads (no Prometheus
+    needed): JSON rows and lines."""
+    now = time.time() if now is None else now
+    lines = ["backups (last run):"]
+    lines += [status_line(target, record, now) for target, record in last.items()]
+    return {target: records_json(record) for target, record in last.items()}, lines
 
 
 def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[str, list[dict]]:

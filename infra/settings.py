@@ -55,6 +55,8 @@ DEFAULTS: dict[str, str | None] = {
     **{env.host_ports_variable: _on_off(env.host_ports) for env in ENVIRONMENTS.values()},
     "FIREWALL_ALLOW": "",  # networks (CIDRs) `invoke firewall.apply` lets reach the ports
     "BACKUP_ROOT": None,  # <repo>/.backups
+    # Which backups `invoke backup.*` keeps once a new one is verified (parse_keep); all: every one
+    "BACKUP_KEEP": "7d,4w,6m",
     # Alert receivers and route timings (infra/alerts/receivers.py); none set: UI only.
     **receivers.DEFAULTS,
     # Every CPU and memory reservation is multiplied by it when a stack is rendered, limits
@@ -66,6 +68,43 @@ DEFAULTS: dict[str, str | None] = {
 
 _PROJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _RESOLVE_IMAGE = ("always", "changed", "never")
+
+
+@dataclass(frozen=True)
+class Keep:
+    """BACKUP_KEEP: the newest backup of each of the last `days` days, `weeks` ISO weeks and
+    `months` months (UTC) is kept; `everything` keeps every backup (BACKUP_KEEP=all)."""
+
+    days: int = 0
+    weeks: int = 0
+    months: int = 0
+    everything: bool = False
+
+    def __str__(self) -> str:
+        if self.everything:
+            return "all"
+        return f"{self.days}d,{self.weeks}w,{self.months}m"
+
+
+_KEEP_ITEM = re.compile(r"^(\d{1,4})([dwm])$")
+_KEEP_UNITS = {"d": "days", "w": "weeks", "m": "months"}
+
+
+def parse_keep(value: str, where: str = "") -> Keep:
+    """`7d,4w,6m` (each of d, w, m at most once, in any order, a missing one is 0) or `all`."""
+    text = value.strip().lower()
+    if text == "all":
+        return Keep(everything=True)
+    counts: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        match = _KEEP_ITEM.match(item)
+        if not match or _KEEP_UNITS[match.group(2)] in counts:
+            raise SettingsError(
+                f"BACKUP_KEEP={value!r}{where} is not valid: say how many daily, weekly and "
+                "monthly backups to keep, like 7d,4w,6m (each of d, w, m once), or all."
+            )
+        counts[_KEEP_UNITS[match.group(2)]] = int(match.group(1))
+    return Keep(**counts)
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,11 @@ class Settings:
     def backups(self) -> Path:
         """BACKUP_ROOT: where `invoke backup.*` writes (absolute)."""
         return self.backup_root or self.root / ".backups"
+
+    @property
+    def backup_keep(self) -> Keep:
+        """BACKUP_KEEP: how many daily, weekly and monthly backups retention keeps."""
+        return parse_keep(self.values["BACKUP_KEEP"])
 
     @property
     def project_name(self) -> str:
@@ -250,6 +294,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"(default {_on_off(env.host_ports)})."
             )
     parse_networks(values["FIREWALL_ALLOW"], where)
+    parse_keep(values["BACKUP_KEEP"], where)
     receivers.validate(values, where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]

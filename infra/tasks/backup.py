@@ -1,28 +1,82 @@
-"""backup.env, backup.shared: verified backups under BACKUP_ROOT."""
+"""backup.env, backup.shared, backup.prune: verified backups under BACKUP_ROOT, and retention."""
 
 from invoke import task
 
-from infra.catalog import ENVIRONMENTS
+from infra.catalog import ENVIRONMENTS, SHARED
 from infra.settings import check_target
 from infra.tasks.common import HELP, operator_errors, settings
 
 
-@task(help={"name": HELP["name"]}, auto_shortflags=False)
+def _print_run(result) -> None:
+    """After the run's own lines (the backup, then each backup pruned)."""
+    print(f"record for Prometheus: {result.record}")
+    if result.pruned is None:
+        print("retention: nothing pruned (--keep-all or BACKUP_KEEP=all)")
+    else:
+        kept = len(result.pruned.plan.kept)
+        print(
+            f"retention (BACKUP_KEEP={result.pruned.plan.keep_policy}): "
+            f"{len(result.pruned.removed)} pruned, {kept} kept"
+        )
+
+
+@task(help={"name": HELP["name"], "keep_all": HELP["keep_all"]}, auto_shortflags=False)
 @operator_errors
-def env(c, name=""):
-    """Back up one environment's Postgres (pg_dump) and Redis (RDB), verified, to BACKUP_ROOT."""
+def env(c, name="", keep_all=False):
+    """Back up one environment's Postgres and Redis, verified; then prune (BACKUP_KEEP).
+
+    pg_dump and a Redis RDB snapshot into BACKUP_ROOT/<env>/<UTC time>/, a record for
+    Prometheus, then the older backups BACKUP_KEEP no longer keeps are removed."""
     from infra import backup
 
     check_target(name, tuple(ENVIRONMENTS))
-    result = backup.backup_env(settings(), name)
-    print(f"backup of {name} written and verified: {backup.describe(result)}")
+    _print_run(backup.run_backup(settings(), name, keep_all=keep_all))
 
 
-@task(auto_shortflags=False)
+@task(help={"keep_all": HELP["keep_all"]}, auto_shortflags=False)
 @operator_errors
-def shared(c):
-    """Back up every object store bucket and Grafana's database, verified, to BACKUP_ROOT."""
+def shared(c, keep_all=False):
+    """Back up every object store bucket and Grafana's database, verified; then prune.
+
+    Into BACKUP_ROOT/shared/<UTC time>/, a record for Prometheus, then the older backups
+    BACKUP_KEEP no longer keeps are removed."""
     from infra import backup
 
-    result = backup.backup_shared(settings())
-    print(f"backup of shared written and verified: {backup.describe(result)}")
+    _print_run(backup.run_backup(settings(), SHARED, keep_all=keep_all))
+
+
+@task(
+    help={
+        "name": HELP["backup_target"],
+        "dry_run": HELP["prune_dry_run"],
+        "yes": HELP["prune_yes"],
+    },
+    auto_shortflags=False,
+)
+@operator_errors
+def prune(c, name="", dry_run=False, yes=False):
+    """Remove the backups of one target that BACKUP_KEEP no longer keeps (--dry-run shows them)."""
+    from infra import backup
+
+    config = settings()
+    check_target(name, backup.TARGETS)
+    folder, plan = backup.plan_prune(config, name)
+    if dry_run or not plan.pruned:
+        print(f"{folder} (BACKUP_KEEP={plan.keep_policy}):")
+        for decision in plan.decisions:
+            print(f"  {decision.describe()}")
+        if not plan.decisions:
+            print("  no backups")
+        print(
+            f"{len(plan.pruned)} to prune, {len(plan.kept)} kept"
+            + (f". Apply: invoke backup.prune --name={name} --yes" if plan.pruned else "")
+        )
+        return
+    if not yes:
+        raise backup.BackupError(
+            f"this removes {len(plan.pruned)} backups of {name} from {folder}. See which: "
+            f"invoke backup.prune --name={name} --dry-run; remove them: "
+            f"invoke backup.prune --name={name} --yes"
+        )
+    result = backup.prune(config, name)
+    print(f"{len(result.removed)} pruned, {len(result.plan.kept)} kept in {folder}")

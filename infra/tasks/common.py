@@ -51,5 +51,9 @@ HELP.update(
     {
         "backup_from": "the backup directory to restore, as `invoke backup.env` printed it",
         "yes": "confirm a restore into prod (it replaces prod's database and Redis data)",
+        "keep_all": "prune nothing this time: keep every older backup whatever BACKUP_KEEP says",
+        "backup_target": f"whose backups: {', '.join(ENVIRONMENTS)}, shared",
+        "prune_dry_run": "list every backup with why it is kept, remove nothing",
+        "prune_yes": "confirm: remove the backups BACKUP_KEEP no longer keeps",
     }
 )

@@ -10,20 +10,22 @@ from infra.tasks.common import HELP, operator_errors, settings
 @task(help={"verbose": HELP["verbose"], "json": HELP["json"]})
 @operator_errors
 def status(c, verbose=False, json_=False):
-    """Show every stack's services (replicas, health, update state, image, ports) and the
-    alerts that fire now."""
-    from infra import engine, report
+    """Show every stack's services (replicas, health, update state, image, ports), the
+    alerts that fire now and the last backup of each environment."""
+    from infra import backup, engine, report
 
     config = settings()
     client = engine.connect(config.docker_host)
     engine.require_manager(client)
     text, rows = report.status_table(client, verbose=verbose)
     alerts, alert_lines = report.alert_summary(client)
+    backups, backup_lines = report.backup_summary(backup.last_records(config, backup.TARGETS))
     if json_:
-        print(json.dumps({"stacks": rows, "alerts": alerts}, indent=2))
+        print(json.dumps({"stacks": rows, "alerts": alerts, "backups": backups}, indent=2))
         return
     print(text)
     print("\n".join(alert_lines))
+    print("\n".join(backup_lines))
     if verbose:
         print(f"data ({config.data_root}):")
         print("\n".join(report.disk_usage(config.data_root)))

@@ -3,14 +3,18 @@
 prod gets rows (a vector column included) and Redis keys, is backed up, and the backup is
 restored into stg; stg must then hold exactly prod's rows and keys. Missing and corrupted
 backups, and prod without --yes, must fail with one line and leave the target as it was.
+Each run leaves its record for Prometheus, and BACKUP_KEEP prunes prod's older backups.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -29,6 +33,25 @@ PROD_KEYS = {
 
 def backup_root(platform) -> Path:
     return platform.settings.data_root.parent / "backups"
+
+
+def record_of(platform, target: str) -> dict[str, float]:
+    """The samples of a target's record file, read as Prometheus' text format (by name)."""
+    path = platform.settings.data_root / "shared" / "node-exporter" / f"backup_{target}.prom"
+    assert path.stat().st_mode & 0o777 == 0o644, oct(path.stat().st_mode)
+    samples = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.fullmatch(rf'nextcandle_backup_(\w+)\{{env="{target}"\}} (\S+)', line)
+        assert match, f"{path}: {line!r}"
+        samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
+def manifest_bytes(directory: Path) -> int:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return sum(entry["size"] for entry in manifest["files"].values())
 
 
 def _connect(platform, env: str):
@@ -306,6 +329,100 @@ def test_restore_into_prod_without_yes_refuses(platform, round_trip):
     assert table_state(platform, "prod") == before
 
 
+# --- records and retention ---------------------------------------------------------------
+# After every test above that reads round_trip["source"]: the run below prunes it (it is no
+# longer the newest of its day).
+
+
+def _fake_backup(source: Path, folder: Path, name: str, verified: bool = True) -> Path:
+    """A copy of a real backup under another (older) name; without its manifest when told."""
+    copy = folder / name
+    shutil.copytree(source, copy)
+    if not verified:
+        (copy / "manifest.json").unlink()
+    return copy
+
+
+def test_backup_env_records_its_run_and_prunes_what_backup_keep_no_longer_keeps(
+    platform, round_trip
+):
+    folder = backup_root(platform) / "prod"
+    source = round_trip["source"]
+    now = datetime.now(UTC)
+    yesterday = (now - timedelta(days=1)).strftime("%Y%m%d")
+    long_ago = f"{now.year - 3}0115"
+    two_months_ago = (now - timedelta(days=65)).strftime("%Y%m%d")
+    fakes = {
+        # name: pruned by BACKUP_KEEP=7d,4w,6m?
+        f"{yesterday}T010000Z": True,  # yesterday, not its newest
+        f"{yesterday}T020000Z": False,  # yesterday's newest
+        f"{two_months_ago}T030000Z": False,  # the newest of its month, 2 or 3 months back
+        f"{long_ago}T030000Z": True,  # three years back
+        f"{long_ago}T030000Z-before-restore": False,  # never pruned
+        f"{long_ago}T040000Z": False,  # no manifest: not a verified backup, left alone
+    }
+    for name in fakes:
+        _fake_backup(source, folder, name, verified=name != f"{long_ago}T040000Z")
+    before = {p.name for p in folder.iterdir()}
+
+    started = time.time()
+    result = platform.invoke("backup.env", "--name=prod", BACKUP_ROOT=str(backup_root(platform)))
+    finished = time.time()
+    assert result.returncode == 0, result.stdout + result.stderr
+    made = sorted(set(folder.iterdir()) - {folder / n for n in before})
+    assert len(made) == 1, made
+    new = made[0]
+    assert str(new) in result.stdout
+
+    # round_trip's backup is pruned too, unless midnight (UTC) passed between the two.
+    source_pruned = source.name[:8] == new.name[:8]
+    expected = {folder / name for name, pruned in fakes.items() if pruned}
+    expected |= {source} if source_pruned else set()
+    pruned_lines = [line for line in result.stdout.splitlines() if line.startswith("pruned ")]
+    assert {Path(line.removeprefix("pruned ")) for line in pruned_lines} == expected
+    assert len(pruned_lines) == len(expected)
+    assert {p.name for p in folder.iterdir()} == {
+        new.name,
+        *(name for name, pruned in fakes.items() if not pruned),
+        *(() if source_pruned else (source.name,)),
+    }
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # nothing half-removed
+
+    record = record_of(platform, "prod")
+    assert record["last_result"] == 1
+    assert record["last_size_bytes"] == manifest_bytes(new) > 0
+    assert started <= record["last_success_timestamp_seconds"] <= finished
+    assert record["last_run_timestamp_seconds"] == record["last_success_timestamp_seconds"]
+    assert 0 < record["last_duration_seconds"] < finished - started
+
+
+def test_a_failed_backup_is_recorded_and_keeps_the_last_success(platform, round_trip, tmp_path):
+    previous = record_of(platform, "prod")
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    started = time.time()
+    result = platform.invoke("backup.env", "--name=prod", BACKUP_ROOT=str(not_a_directory))
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot write backups under" in line, line
+    record = record_of(platform, "prod")
+    assert record["last_result"] == 0
+    assert record["last_run_timestamp_seconds"] >= started
+    for kept in ("last_success_timestamp_seconds", "last_size_bytes"):
+        assert record[kept] == previous[kept], kept
+
+
+def test_status_shows_the_last_backup_of_prod(platform, round_trip):
+    result = platform.invoke("status", "--json")
+    assert result.returncode == 0, result.stderr
+    backups = json.loads(result.stdout)["backups"]
+    assert backups["prod"]["result"] == "failure"  # the test above
+    assert backups["prod"]["size_bytes"] == record_of(platform, "prod")["last_size_bytes"]
+    assert backups["dev"] is None
+    lines = platform.invoke("status").stdout.splitlines()
+    assert any(line.startswith("  prod     FAILED  ") for line in lines), lines
+
+
 # --- shared ------------------------------------------------------------------------------
 
 
@@ -337,3 +454,25 @@ def test_backup_shared_holds_every_bucket_object(platform):
         assert manifest["skipped"] == {"grafana": reason}
     else:
         assert (made / "grafana" / "grafana.db").is_file()
+
+
+def test_prometheus_reads_the_record_of_the_shared_backup(platform):
+    """End to end: the record file, node-exporter's textfile collector on the manager (the
+    directory mounted read-only), Prometheus' scrape of it."""
+    platform.require("PROMETHEUS_IMAGE")
+    platform.require("NODE_EXPORTER_IMAGE")
+    made = sorted((backup_root(platform) / "shared").iterdir())[-1]
+    size = manifest_bytes(made)
+    assert record_of(platform, "shared")["last_size_bytes"] == size
+
+    def scraped():
+        response = platform.web(
+            "prometheus.localhost",
+            "/api/v1/query",
+            params={"query": 'nextcandle_backup_last_size_bytes{env="shared"}'},
+        )
+        results = response.json()["data"]["result"]
+        return [r for r in results if float(r["value"][1]) == size] == results and results
+
+    results = platform.wait_for(scraped, timeout=120, what=f"the shared record ({size} bytes)")
+    assert {r["metric"]["job"] for r in results} == {"node-exporter"}

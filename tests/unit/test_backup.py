@@ -224,7 +224,7 @@ def one_line_error(result) -> str:
 
 def test_cli_lists_the_backup_and_restore_tasks(operator_env):
     listing = run(["--list"], operator_env).stdout
-    for name in ("backup.env", "backup.shared", "restore.env"):
+    for name in ("backup.env", "backup.shared", "backup.prune", "restore.env"):
         assert name in listing
 
 
@@ -260,7 +260,15 @@ def test_cli_unknown_environment_is_one_line(operator_env, args):
     assert "unknown environment 'qa'" in one_line_error(run(args, operator_env))
 
 
-def test_cli_backup_without_docker_is_one_line_and_writes_nothing(operator_env, tmp_path):
-    line = one_line_error(run(["backup.env", "--name=dev"], operator_env))
+@pytest.mark.parametrize("args", [["backup.env", "--name=dev"], ["backup.shared"]], ids=str)
+def test_cli_backup_without_docker_is_one_line_and_writes_nothing(operator_env, tmp_path, args):
+    line = one_line_error(run(args, operator_env))
     assert "Docker is not reachable" in line
+    assert not (tmp_path / "backups").exists()
+    assert not (tmp_path / "data").exists()  # no record either: the run never started
+
+
+def test_cli_backup_with_a_malformed_backup_keep_is_one_line(operator_env, tmp_path):
+    line = one_line_error(run(["backup.env", "--name=dev"], {**operator_env, "BACKUP_KEEP": "7"}))
+    assert line.startswith("error: BACKUP_KEEP='7'") and "7d,4w,6m" in line
     assert not (tmp_path / "backups").exists()

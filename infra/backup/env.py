@@ -1,0 +1,199 @@
+"""backup.env: an environment's Postgres (pg_dump) and Redis (RDB snapshot), read and
+checked inside their running containers."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import docker
+
+from infra.backup.containers import (
+    _check,
+    _ContainerDir,
+    _exec,
+    _long_client,
+    _service_image,
+    running_container,
+)
+from infra.backup.manifest import (
+    FORMAT,
+    POSTGRES_DUMP,
+    REDIS_RDB,
+    BackupResult,
+    Report,
+    _finalise,
+    _partial_dir,
+    _private_file,
+    check_dump_header,
+    check_rdb_header,
+    file_entry,
+    validate,
+    write_manifest,
+)
+from infra.catalog import ENVIRONMENTS
+from infra.settings import Settings, check_target
+
+# Inside the postgres container: connection settings from the secret files, then the tool.
+# Used as `sh -c WRAPPER tool args...` so the tool and its arguments are sh's $0 and $@.
+_PG_WRAPPER = (
+    'PGPASSWORD="$(cat /run/secrets/postgres_password)" '
+    'PGUSER="$(cat /run/secrets/postgres_user)" '
+    'PGDATABASE="$(cat /run/secrets/postgres_db)" '
+    "&& export PGPASSWORD PGUSER PGDATABASE "
+    '&& exec "$0" "$@"'
+)
+_REDIS_WRAPPER = (
+    'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH '
+    '&& exec "$0" "$@"'
+)
+# redis-cli --rdb makes the server send a fresh snapshot (as to a replica) and writes it to a
+# file; the file then goes to stdout and the messages to stderr.
+_REDIS_SNAPSHOT = (
+    'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH '
+    "&& dir=$(mktemp -d /tmp/nextcandle-backup.XXXXXX) "
+    '&& trap \'rm -rf "$dir"\' EXIT '
+    '&& redis-cli --rdb "$dir/dump.rdb" >&2 '
+    '&& cat "$dir/dump.rdb"'
+)
+_TABLE_COUNTS = """
+SELECT format('%I.%I', table_schema, table_name),
+       (xpath('/row/n/text()', query_to_xml(
+           format('SELECT count(*) AS n FROM %I.%I', table_schema, table_name),
+           false, true, '')))[1]::text
+FROM information_schema.tables
+WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+
+
+# --- Postgres ----------------------------------------------------------------------------
+
+
+def _pg(tool: str, *args: str) -> list[str]:
+    return ["sh", "-c", _PG_WRAPPER, tool, *args]
+
+
+def dump_postgres(client, container, destination: Path) -> None:
+    with _private_file(destination) as handle:
+        _check(
+            _exec(client, container, _pg("pg_dump", "--format=custom"), stdout=handle),
+            f"pg_dump in {container.name}",
+        )
+
+
+def list_dump(client, workdir: _ContainerDir, dump: Path) -> list[str]:
+    """pg_restore --list on our copy of the dump, inside a container that has pg_restore."""
+    inside = workdir.put(dump, "postgres.dump")
+    out = _check(
+        _exec(client, workdir.container, ["pg_restore", "--list", inside]),
+        f"{dump}: pg_restore --list",
+    )
+    return out.decode(errors="replace").splitlines()
+
+
+def table_counts(client, container) -> dict[str, int]:
+    out = _check(
+        _exec(client, container, _pg("psql", "-X", "-At", "-F", "\t", "-c", _TABLE_COUNTS)),
+        f"counting rows in {container.name}",
+    )
+    counts = {}
+    for line in out.decode().splitlines():
+        if "\t" in line:
+            name, count = line.rsplit("\t", 1)
+            counts[name] = int(count)
+    return counts
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+def snapshot_redis(client, container, destination: Path) -> None:
+    with _private_file(destination) as handle:
+        _check(
+            _exec(client, container, ["sh", "-c", _REDIS_SNAPSHOT], stdout=handle),
+            f"redis-cli --rdb in {container.name}",
+        )
+
+
+def check_rdb(client, workdir: _ContainerDir, rdb: Path) -> dict[str, int]:
+    """redis-check-rdb on our copy; returns the keys and expires it read."""
+    inside = workdir.put(rdb, "dump.rdb")
+    out = _check(
+        _exec(client, workdir.container, ["redis-check-rdb", inside]), f"{rdb}: redis-check-rdb"
+    )
+    text = out.decode(errors="replace")
+    keys = re.search(r"(\d+) keys read", text)
+    expires = re.search(r"(\d+) expires", text)
+    return {
+        "keys": int(keys.group(1)) if keys else 0,
+        "expires": int(expires.group(1)) if expires else 0,
+    }
+
+
+def redis_key_count(client, container) -> int:
+    out = _check(
+        _exec(client, container, ["sh", "-c", _REDIS_WRAPPER, "redis-cli", "DBSIZE"]),
+        f"redis-cli DBSIZE in {container.name}",
+    )
+    return int(out.decode().strip().split()[-1])
+
+
+# --- backup.env --------------------------------------------------------------------------
+
+
+def backup_env(
+    settings: Settings,
+    env: str,
+    report: Report = print,
+    client: docker.DockerClient | None = None,
+    label: str = "",
+    note: str = "",
+) -> BackupResult:
+    """Back up one environment's Postgres and Redis into BACKUP_ROOT/<env>/<time>/."""
+    check_target(env, tuple(ENVIRONMENTS))
+    client = _long_client(settings, client)
+    postgres = running_container(client, f"{env}_postgres")
+    redis = running_container(client, f"{env}_redis")
+    parent = settings.backups / env
+    partial = _partial_dir(parent)
+    try:
+        report(f"backup {env}: pg_dump of {env}_postgres")
+        dump = partial / POSTGRES_DUMP
+        dump_postgres(client, postgres, dump)
+        tables = table_counts(client, postgres)
+        report(f"backup {env}: redis snapshot of {env}_redis")
+        rdb = partial / REDIS_RDB
+        snapshot_redis(client, redis, rdb)
+        check_dump_header(dump)
+        check_rdb_header(rdb)
+        with _ContainerDir(client, postgres) as workdir:
+            listing = list_dump(client, workdir, dump)
+        with _ContainerDir(client, redis) as workdir:
+            keys = check_rdb(client, workdir, rdb)
+        manifest = {
+            "format": FORMAT,
+            "kind": "env",
+            "env": env,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "note": note,
+            "images": {
+                "postgres": _service_image(client, f"{env}_postgres"),
+                "redis": _service_image(client, f"{env}_redis"),
+            },
+            "postgres": {
+                "tables": tables,
+                "archive_entries": sum(1 for line in listing if line and not line.startswith(";")),
+            },
+            "redis": keys,
+            "files": {POSTGRES_DUMP: file_entry(dump), REDIS_RDB: file_entry(rdb)},
+        }
+        write_manifest(partial, manifest)
+        validate(partial, "env")  # what we wrote is what restore will read
+        final = _finalise(partial, parent, label)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return BackupResult(path=final, manifest=manifest)

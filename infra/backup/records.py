@@ -1,0 +1,241 @@
+"""Records of backup runs that Prometheus reads: node-exporter's textfile collector.
+
+Every run of `invoke backup.env` or `invoke backup.shared` rewrites one file,
+<DATA_ROOT>/shared/node-exporter/backup_<target>.prom, in Prometheus' text format
+(one gauge per line, `env` the target: dev, stg, prod or shared):
+
+  nextcandle_backup_last_success_timestamp_seconds  when the newest verified backup finished
+  nextcandle_backup_last_size_bytes                 its size (the files its manifest lists)
+  nextcandle_backup_last_run_timestamp_seconds      when the last run ended, whatever its result
+  nextcandle_backup_last_duration_seconds           how long the last run took
+  nextcandle_backup_last_result                     1: it made a verified backup; 0: it failed
+
+A failed run updates the last three and carries the first two over from the file it
+replaces: a record never forgets the last success, and a target that never had one has
+neither series (configs/prometheus/rules/backups.yml reads the first one, and its absence).
+
+node-exporter (stacks/shared.yml) has the directory mounted read-only and reads every *.prom
+there at each scrape; so that it never reads half a file, a record is written to a hidden
+temporary file in the same directory and renamed over the old one. Files are 0644: the
+exporter runs as an unprivileged user. No sample carries a timestamp (the collector refuses
+those) and the help texts never vary between files (it refuses that too).
+
+The records are read again by `invoke status` (last_records), with no Prometheus needed.
+They are where the run happens: run backups on the manager that holds DATA_ROOT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from infra.backup.manifest import human_size
+from infra.settings import Settings
+
+RECORDS_DIR = Path("shared", "node-exporter")  # under DATA_ROOT
+PREFIX = "nextcandle_backup_"
+
+# Metric (without PREFIX) -> help text; the order of the file.
+HELP = {
+    "last_success_timestamp_seconds": (
+        "Unix time at which the newest verified backup of the target finished."
+    ),
+    "last_size_bytes": "Total size in bytes of the files of the newest verified backup.",
+    "last_run_timestamp_seconds": (
+        "Unix time at which the last backup run ended, whatever its result."
+    ),
+    "last_duration_seconds": "Seconds the last backup run took, whatever its result.",
+    "last_result": "1 if the last backup run made a verified backup, 0 if it failed.",
+}
+_SAMPLE = re.compile(r'^(?P<metric>[a-z_]+)\{env="(?P<env>[a-z]+)"\} (?P<value>\S+)$')
+
+
+@dataclass(frozen=True)
+class Record:
+    target: str
+    last_run: float
+    duration: float
+    success: bool
+    last_success: float | None = None  # None: no backup of the target has succeeded yet
+    size: int | None = None
+
+
+def directory(settings: Settings) -> Path:
+    return settings.data_root / RECORDS_DIR
+
+
+def path_of(settings: Settings, target: str) -> Path:
+    return directory(settings) / f"backup_{target}.prom"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
+
+
+def render(record: Record) -> str:
+    """The file's text: Prometheus' exposition format, no timestamps."""
+    values = {
+        "last_success_timestamp_seconds": record.last_success,
+        "last_size_bytes": record.size,
+        "last_run_timestamp_seconds": record.last_run,
+        "last_duration_seconds": record.duration,
+        "last_result": 1 if record.success else 0,
+    }
+    lines = []
+    for metric, help_text in HELP.items():
+        value = values[metric]
+        if value is None:
+            continue
+        lines += [
+            f"# HELP {PREFIX}{metric} {help_text}",
+            f"# TYPE {PREFIX}{metric} gauge",
+            f'{PREFIX}{metric}{{env="{record.target}"}} {_number(value)}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parse(text: str, target: str) -> Record | None:
+    """A record file as render wrote it; None when it holds no complete record of `target`."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match["env"] != target or not match["metric"].startswith(PREFIX):
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            values[match["metric"].removeprefix(PREFIX)] = value
+    if not {"last_run_timestamp_seconds", "last_duration_seconds", "last_result"} <= set(values):
+        return None
+    size = values.get("last_size_bytes")
+    return Record(
+        target=target,
+        last_run=values["last_run_timestamp_seconds"],
+        duration=values["last_duration_seconds"],
+        success=values["last_result"] == 1,
+        last_success=values.get("last_success_timestamp_seconds"),
+        size=None if size is None else int(size),
+    )
+
+
+def read(settings: Settings, target: str) -> Record | None:
+    try:
+        text = path_of(settings, target).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return parse(text, target)
+
+
+def write(settings: Settings, record: Record) -> Path:
+    """Replace the target's record file atomically (temporary file, fsync, rename), 0644."""
+    folder = directory(settings)
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o005 != 0o005:  # a umask of 077 made it: node-exporter reads it
+        with contextlib.suppress(PermissionError):
+            folder.chmod(0o755)
+    final = path_of(settings, record.target)
+    # Not *.prom: node-exporter skips it until it is renamed.
+    fd, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(render(record))
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return final
+
+
+def record_success(
+    settings: Settings, target: str, finished: float, duration: float, size: int
+) -> Path:
+    return write(
+        settings,
+        Record(target, finished, duration, True, last_success=finished, size=size),
+    )
+
+
+def record_failure(settings: Settings, target: str, finished: float, duration: float) -> Path:
+    """A failed run: its time, duration and result; the last success and its size as the
+    previous record had them."""
+    previous = read(settings, target)
+    record = Record(target, finished, duration, False)
+    if previous is not None:
+        record = replace(record, last_success=previous.last_success, size=previous.size)
+    return write(settings, record)
+
+
+# --- for the operator: `invoke status` ---------------------------------------------------
+
+
+def age(seconds: float) -> str:
+    """A duration as people say it: 45 s, 12 min, 3 h 20 min, 2 d 4 h."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def status_line(target: str, record: Record | None, now: float) -> str:
+    """One line per target: the last backup, its age, size and result."""
+    if record is None:
+        return f"  {target:<8} no backup recorded (invoke {_command(target)})"
+    if record.success:
+        return (
+            f"  {target:<8} ok      {_when(record.last_run)} ({age(now - record.last_run)} ago), "
+            f"{human_size(record.size or 0)}, took {age(record.duration)}"
+        )
+    last = (
+        f"last success {_when(record.last_success)} ({age(now - record.last_success)} ago), "
+        f"{human_size(record.size or 0)}"
+        if record.last_success is not None
+        else "no success recorded"
+    )
+    return (
+        f"  {target:<8} FAILED  {_when(record.last_run)} ({age(now - record.last_run)} ago); "
+        f"{last}"
+    )
+
+
+def _command(target: str) -> str:
+    return "backup.shared" if target == "shared" else f"backup.env --name={target}"
+
+
+def as_json(record: Record | None) -> dict | None:
+    if record is None:
+        return None
+    return {
+        "result": "success" if record.success else "failure",
+        "last_run": record.last_run,
+        "duration_seconds": record.duration,
+        "last_success": record.last_success,
+        "size_bytes": record.size,
+    }
+
+
+def last_records(settings: Settings, targets: tuple[str, ...]) -> Mapping[str, Record | None]:
+    return {target: read(settings, target) for target in targets}

@@ -1,0 +1,91 @@
+"""One backup run, as `invoke backup.env` and `invoke backup.shared` (and, later, the schedule)
+make it: the backup, its record for Prometheus, then retention.
+
+What the operator got wrong (an unknown target, no Docker, not a manager, the target not
+running) stops the run before it starts, changing nothing, with no record. From then on the
+run is recorded whatever happens: a verified backup as a success, anything else as a failure
+(records.py). Once the backup is verified and recorded, BACKUP_KEEP prunes the target's older
+backups, unless the run keeps everything (--keep-all).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from infra.backup import records, retention
+from infra.backup.containers import _long_client, running_container
+from infra.backup.env import backup_env
+from infra.backup.manifest import BackupError, BackupResult, Report, describe
+from infra.backup.shared import backup_shared, shared_containers
+from infra.catalog import ENVIRONMENTS, SHARED
+from infra.errors import InfraError
+from infra.settings import Settings, check_target
+
+
+@dataclass
+class RunResult:
+    target: str
+    backup: BackupResult
+    record: Path
+    pruned: retention.PruneResult | None  # None: --keep-all
+
+
+def run_backup(
+    settings: Settings,
+    target: str,
+    keep_all: bool = False,
+    report: Report = print,
+    client: docker.DockerClient | None = None,
+) -> RunResult:
+    """Back up `target` (an environment, or shared), record the run, prune what BACKUP_KEEP
+    no longer keeps."""
+    check_target(target, retention.TARGETS)
+    keep = settings.backup_keep  # a malformed BACKUP_KEEP stops the run before it starts
+    client = _long_client(settings, client)
+    if target == SHARED:
+        shared_containers(settings, client)
+    else:
+        for service in ("postgres", "redis"):
+            running_container(client, f"{target}_{service}")
+
+    started = time.monotonic()
+    try:
+        if target in ENVIRONMENTS:
+            result = backup_env(settings, target, report=report, client=client)
+        else:
+            result = backup_shared(settings, report=report, client=client)
+    except Exception as exc:
+        duration = time.monotonic() - started
+        try:
+            records.record_failure(settings, target, time.time(), duration)
+        except OSError as record_exc:
+            if isinstance(exc, InfraError):
+                raise BackupError(
+                    f"{exc} (The failure could not be recorded in "
+                    f"{records.path_of(settings, target)}: {record_exc.strerror}.)"
+                ) from None
+        raise
+    duration = time.monotonic() - started
+
+    try:
+        record = records.record_success(settings, target, time.time(), duration, result.size)
+    except OSError as exc:
+        raise BackupError(
+            f"backup {result.path} is written and verified, but its record cannot be written "
+            f"to {records.path_of(settings, target)} ({exc.strerror}), so Prometheus will not "
+            f"see it and nothing was pruned. Fix the permissions of "
+            f"{records.directory(settings)} and run the backup again."
+        ) from None
+
+    report(f"backup of {target} written and verified: {describe(result)}")
+    pruned = None
+    if not keep_all and not keep.everything:
+        try:
+            pruned = retention.prune(settings, target, report=report)
+        except BackupError as exc:
+            raise BackupError(f"backup {result.path} is written and verified, but {exc}") from None
+    return RunResult(target, result, record, pruned)
