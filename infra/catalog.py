@@ -172,6 +172,7 @@ ORIGINAL_RESOURCES: dict[str, OriginalResources] = {
     "shared_node-exporter": OriginalResources(
         f"{_ISSUE}: the original's were higher, its values not given"
     ),
+    "shared_backup-exporter": OriginalResources(NOT_IN_THE_ORIGINAL),
     "shared_n8n": OriginalResources(_ISSUE, "0.50", "2.00", "512M", "2G"),
     "runner_runner": OriginalResources(_ISSUE, "0.50", "2.00", "1G", "4G"),
 }
@@ -224,6 +225,7 @@ DATA_OWNERS: dict[str, tuple[int, int]] = {
     "alloy": (0, 0),
     # Only read by the exporter (as nobody, the directory is 0755); written by `invoke backup.*`.
     "node-exporter": (0, 0),
+    "backup-exporter": (0, 0),  # written by `invoke backup.*` as root, read by nobody (0755)
 }
 
 

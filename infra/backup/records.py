@@ -1,7 +1,7 @@
 """Records of backup runs that Prometheus reads: node-exporter's textfile collector.
 
 Every run of `invoke backup.env` or `invoke backup.shared` rewrites one file,
-<DATA_ROOT>/shared/node-exporter/backup_<target>.prom, in Prometheus' text format
+<DATA_ROOT>/shared/backup-exporter/backup_<target>.prom, in Prometheus' text format
 (one gauge per line, `env` the target: dev, stg, prod or shared):
 
   nextcandle_backup_last_success_timestamp_seconds  when the newest verified backup finished
@@ -39,7 +39,7 @@ from pathlib import Path
 from infra.backup.manifest import human_size
 from infra.settings import Settings
 
-RECORDS_DIR = Path("shared", "node-exporter")  # under DATA_ROOT
+RECORDS_DIR = Path("shared", "backup-exporter")  # under DATA_ROOT
 PREFIX = "nextcandle_backup_"
 
 # Metric (without PREFIX) -> help text; the order of the file.

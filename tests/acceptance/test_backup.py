@@ -37,7 +37,7 @@ def backup_root(platform) -> Path:
 
 def record_of(platform, target: str) -> dict[str, float]:
     """The samples of a target's record file, read as Prometheus' text format (by name)."""
-    path = platform.settings.data_root / "shared" / "node-exporter" / f"backup_{target}.prom"
+    path = platform.settings.data_root / "shared" / "backup-exporter" / f"backup_{target}.prom"
     assert path.stat().st_mode & 0o777 == 0o644, oct(path.stat().st_mode)
     samples = {}
     for line in path.read_text().splitlines():
@@ -457,8 +457,8 @@ def test_backup_shared_holds_every_bucket_object(platform):
 
 
 def test_prometheus_reads_the_record_of_the_shared_backup(platform):
-    """End to end: the record file, node-exporter's textfile collector on the manager (the
-    directory mounted read-only), Prometheus' scrape of it."""
+    """End to end: the record file, the backup exporter (node-exporter's textfile collector)
+    on the manager with the directory mounted read-only, Prometheus' scrape of it."""
     platform.require("PROMETHEUS_IMAGE")
     platform.require("NODE_EXPORTER_IMAGE")
     made = sorted((backup_root(platform) / "shared").iterdir())[-1]
@@ -475,4 +475,4 @@ def test_prometheus_reads_the_record_of_the_shared_backup(platform):
         return [r for r in results if float(r["value"][1]) == size] == results and results
 
     results = platform.wait_for(scraped, timeout=120, what=f"the shared record ({size} bytes)")
-    assert {r["metric"]["job"] for r in results} == {"node-exporter"}
+    assert {r["metric"]["job"] for r in results} == {"backups"}

@@ -20,6 +20,7 @@ JOB_IMAGES = {
     "alertmanager": "ALERTMANAGER_IMAGE",
     "cadvisor": "CADVISOR_IMAGE",
     "node-exporter": "NODE_EXPORTER_IMAGE",
+    "backups": "NODE_EXPORTER_IMAGE",
     "redis": "REDIS_EXPORTER_IMAGE",
     "postgres": "POSTGRES_EXPORTER_IMAGE",
     "alloy": "ALLOY_IMAGE",

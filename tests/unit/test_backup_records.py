@@ -104,7 +104,7 @@ def test_a_record_reads_back_as_written(record):
 
 
 def test_a_damaged_record_reads_as_none():
-    assert records.parse("nextcandle_backup_last_result{env=\"prod\"} 1\n", "prod") is None
+    assert records.parse('nextcandle_backup_last_result{env="prod"} 1\n', "prod") is None
     assert records.parse(records.render(SUCCESS), "stg") is None  # another target's
 
 
@@ -113,7 +113,7 @@ def test_a_damaged_record_reads_as_none():
 
 def test_the_record_is_where_node_exporter_reads_it(settings):
     path = records.record_success(settings, "prod", FINISHED, 3.0, 42)
-    assert path == settings.data_root / "shared" / "node-exporter" / "backup_prod.prom"
+    assert path == settings.data_root / "shared" / "backup-exporter" / "backup_prod.prom"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert records.read(settings, "prod") == Record("prod", FINISHED, 3.0, True, FINISHED, 42)
 
@@ -152,15 +152,15 @@ def test_a_first_failure_records_no_success(settings):
     assert "last_success" not in text and 'nextcandle_backup_last_result{env="dev"} 0' in text
 
 
-# --- node-exporter reads the directory, the deploy creates it ------------------------------
+# --- the backup exporter reads the directory, the deploy creates it -------------------------
 
 
-def _node_exporter() -> dict:
-    return yaml.safe_load((STACKS_DIR / "shared.yml").read_text())["services"]["node-exporter"]
+def _services() -> dict:
+    return yaml.safe_load((STACKS_DIR / "shared.yml").read_text())["services"]
 
 
-def test_node_exporter_reads_the_records_directory_mounted_read_only(settings):
-    service = _node_exporter()
+def test_the_backup_exporter_reads_the_records_directory_mounted_read_only(settings):
+    service = _services()["backup-exporter"]
     flags = [a for a in service["command"] if a.startswith("--collector.textfile.directory=")]
     assert len(flags) == 1
     inside = flags[0].split("=", 1)[1]
@@ -168,12 +168,22 @@ def test_node_exporter_reads_the_records_directory_mounted_read_only(settings):
     assert len(mounts) == 1 and mounts[0]["type"] == "bind" and mounts[0]["read_only"] is True
     source = planning.interpolate(mounts[0]["source"], {"DATA_ROOT": str(settings.data_root)}, "")
     assert source == str(records.directory(settings))
+    # Placed with the data (a bind source exists only there); only its textfile collector on.
+    assert service["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    assert "--collector.disable-defaults" in service["command"]
+
+
+def test_the_global_node_exporter_needs_nothing_of_data_root():
+    """It runs on every node; a bind source under DATA_ROOT would keep it off the workers."""
+    service = _services()["node-exporter"]
+    assert service["deploy"]["mode"] == "global"
+    assert not [v for v in service["volumes"] if "DATA_ROOT" in v["source"]]
 
 
 def test_the_shared_deploy_creates_the_records_directory(settings):
     dirs = {d.path: d for d in planning.plan_stack("shared", settings, None).data_dirs}
     directory = dirs[records.directory(settings)]
-    assert (directory.uid, directory.gid) == DATA_OWNERS["node-exporter"] == (0, 0)
+    assert (directory.uid, directory.gid) == DATA_OWNERS.get("backup-exporter", (0, 0)) == (0, 0)
 
 
 # --- invoke status -----------------------------------------------------------------------
@@ -217,8 +227,15 @@ def test_status_reads_the_records_from_disk(settings):
 
 @pytest.mark.parametrize(
     "seconds, text",
-    [(0.4, "0 s"), (59, "59 s"), (60, "1 min"), (7200, "2 h"), (7260, "2 h 1 min"),
-     (48 * 3600, "2 d"), (50 * 3600, "2 d 2 h")],
+    [
+        (0.4, "0 s"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (7200, "2 h"),
+        (7260, "2 h 1 min"),
+        (48 * 3600, "2 d"),
+        (50 * 3600, "2 d 2 h"),
+    ],
     ids=str,
 )
 def test_ages_read_as_people_say_them(seconds, text):

@@ -225,9 +225,7 @@ def test_backup_keep_is_read(value, keep):
     assert parse_keep(value) == keep
 
 
-@pytest.mark.parametrize(
-    "value", ["", "7", "7x", "7d,2d", "-1d", "7d;4w", "seven days"], ids=repr
-)
+@pytest.mark.parametrize("value", ["", "7", "7x", "7d,2d", "-1d", "7d;4w", "seven days"], ids=repr)
 def test_a_malformed_backup_keep_is_one_line_with_an_example(environ, value):
     with pytest.raises(SettingsError) as caught:
         load_settings(REPO_ROOT, {**environ, "BACKUP_KEEP": value})
