@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import docker
+import docker.errors
 
 from infra import engine
 from infra.alerts.receivers import Receiver
@@ -96,7 +97,13 @@ def describe(alerts: Sequence[Alert]) -> list[str]:
 
 def _run(client: docker.DockerClient, command: Sequence[str], stdin: bytes = b"") -> str:
     container = engine.running_container(client, SERVICE)
-    code, out, err = engine.exec_with_stdin(client, container, command, stdin)
+    try:
+        code, out, err = engine.exec_with_stdin(client, container, command, stdin)
+    except docker.errors.APIError as exc:  # the task ended between the look and the exec
+        raise AlertsError(
+            f"Alertmanager's container did not take the request ({exc.explanation or exc}). "
+            "Check `invoke status`, then retry."
+        ) from None
     if code != 0:
         last = (err or out).strip().splitlines()[-1:] or ["no output"]
         raise AlertsError(

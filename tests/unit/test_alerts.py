@@ -226,3 +226,21 @@ def test_a_deploy_of_shared_says_where_alerts_go_or_that_they_go_nowhere(environ
     assert "alerts go to: webhook" in webhook
     assert receivers.NONE_CONFIGURED not in webhook
     assert ALL_RECEIVERS["ALERT_WEBHOOK_URL"] not in webhook
+
+
+def test_a_container_gone_between_the_look_and_the_exec_is_one_line(monkeypatch):
+    """The task may end between finding its container and the exec: AlertsError (one line
+    from the tasks, and `invoke status` shows it instead of failing), never a traceback."""
+    import docker.errors
+
+    from infra import engine
+    from infra.alerts import api
+    from infra.errors import AlertsError
+
+    def gone(*args, **kwargs):
+        raise docker.errors.APIError("409 Conflict", explanation="container is not running")
+
+    monkeypatch.setattr(engine, "running_container", lambda client, service: "abc")
+    monkeypatch.setattr(engine, "exec_with_stdin", gone)
+    with pytest.raises(AlertsError, match="did not take the request .container is not running"):
+        api.firing(client=None)
