@@ -98,11 +98,6 @@ def configured(values: Mapping[str, str]) -> tuple[Receiver, ...]:
     return tuple(r for r in RECEIVERS if values.get(r.trigger, "").strip())
 
 
-def credentials(values: Mapping[str, str]) -> dict[str, str]:
-    """Each receiver secret's content: its credential, or UNSET while not configured."""
-    return {r.secret: values.get(r.credential, "").strip() or UNSET for r in RECEIVERS}
-
-
 def secret_path(receiver: Receiver) -> str:
     return f"{SECRETS_DIR}/{receiver.secret}"
 

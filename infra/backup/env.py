@@ -46,15 +46,14 @@ _PG_WRAPPER = (
     '&& exec "$0" "$@"'
 )
 _REDIS_WRAPPER = (
-    'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH '
-    '&& exec "$0" "$@"'
+    'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH && exec "$0" "$@"'
 )
 # redis-cli --rdb makes the server send a fresh snapshot (as to a replica) and writes it to a
 # file; the file then goes to stdout and the messages to stderr.
 _REDIS_SNAPSHOT = (
     'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH '
     "&& dir=$(mktemp -d /tmp/nextcandle-backup.XXXXXX) "
-    '&& trap \'rm -rf "$dir"\' EXIT '
+    "&& trap 'rm -rf \"$dir\"' EXIT "
     '&& redis-cli --rdb "$dir/dump.rdb" >&2 '
     '&& cat "$dir/dump.rdb"'
 )

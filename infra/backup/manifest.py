@@ -144,8 +144,7 @@ def validate(path: Path, kind: str, backups: Path | None = None) -> dict:
     where = f" (backups are under {backups})" if backups else ""
     if not path.exists():
         raise BackupError(
-            f"backup {path} does not exist. Give a directory that `invoke backup.*` "
-            f"printed{where}."
+            f"backup {path} does not exist. Give a directory that `invoke backup.*` printed{where}."
         )
     if not path.is_dir():
         raise BackupError(f"backup {path} is a file, not a backup directory{where}.")

@@ -216,8 +216,7 @@ def status_line(target: str, record: Record | None, now: float) -> str:
         else "no success recorded"
     )
     return (
-        f"  {target:<8} FAILED  {_when(record.last_run)} ({age(now - record.last_run)} ago); "
-        f"{last}"
+        f"  {target:<8} FAILED  {_when(record.last_run)} ({age(now - record.last_run)} ago); {last}"
     )
 
 

@@ -43,11 +43,6 @@ require('http').createServer((request, response) => {{
 """
 
 
-def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+)(ms|s|m|h)", text))
-
-
 def _rule(name: str) -> dict:
     for path in sorted((CONFIGS_DIR / "prometheus" / "rules").glob("*.yml")):
         for group in yaml.safe_load(path.read_text()).get("groups") or []:
@@ -60,7 +55,9 @@ def _rule(name: str) -> dict:
 def _prometheus_intervals() -> tuple[float, float]:
     document = yaml.safe_load((CONFIGS_DIR / "prometheus" / "prometheus.yml").read_text())
     glob = document["global"]
-    return _duration(glob["scrape_interval"]), _duration(glob["evaluation_interval"])
+    return alert_receivers.seconds(glob["scrape_interval"]), alert_receivers.seconds(
+        glob["evaluation_interval"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +141,12 @@ def test_redis_down_reaches_the_receiver_and_so_does_its_resolution(platform, al
     settings, overrides = alerting
     rule = _rule(RULE)
     scrape, evaluation = _prometheus_intervals()
-    group_wait = _duration(TIMINGS["ALERT_GROUP_WAIT"])
+    group_wait = alert_receivers.seconds(TIMINGS["ALERT_GROUP_WAIT"])
     # The rule's `for` plus one evaluation, plus what reaching it takes: a scrape that sees
     # Redis gone, Alertmanager's group wait, and the request itself.
-    deadline = _duration(rule.get("for", "0s")) + evaluation + scrape + group_wait + 15
+    deadline = (
+        alert_receivers.seconds(rule.get("for", "0s")) + evaluation + scrape + group_wait + 15
+    )
     # Redis up and scraped first, so what follows is the fault's doing.
     platform.wait_for(
         lambda: [r for r in _query(platform, 'redis_up{env="dev"}') if r["value"][1] == "1"],
@@ -263,7 +262,6 @@ def test_every_environments_postgres_exporter_is_up_and_reads_postgres(platform)
 @pytest.mark.parametrize("receivers", ["none", "all"])
 def test_alertmanager_accepts_the_generated_configuration(platform, receivers, tmp_path):
     """amtool check-config of the image the swarm runs, on every receiver's *_file option."""
-    image = platform.require("ALERTMANAGER_IMAGE")
     values = {}
     if receivers == "all":
         values = {
@@ -281,6 +279,8 @@ def test_alertmanager_accepts_the_generated_configuration(platform, receivers, t
     env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     settings = load_settings(environ={"ENV_FILE": str(env_file), "PATH": ""})
     rendered = alerts_config.render(settings.values)
+    (team,) = yaml.safe_load(rendered)["receivers"]
+    image = platform.require("ALERTMANAGER_IMAGE")
     result = dashboards.run_promtool(
         platform.swarm.outer,
         image,
@@ -290,7 +290,6 @@ def test_alertmanager_accepts_the_generated_configuration(platform, receivers, t
     )
     assert result.ok, result.output
     assert "SUCCESS" in result.output, result.output
-    (team,) = yaml.safe_load(rendered)["receivers"]
     expected = {"name"} | (
         {r.kind for r in alert_receivers.RECEIVERS} if receivers == "all" else set()
     )
