@@ -150,6 +150,9 @@ def stack_variables(stack: str, settings: Settings) -> dict[str, str]:
     }
     if stack in ENVIRONMENTS:
         variables.update(ENVIRONMENTS[stack].variables())
+    if stack in catalog.DATA_TARGETS:
+        # Its stateful services run on the node labelled as holding its data (decision 10).
+        variables["DATA_NODE_LABEL"] = catalog.data_label(stack)
     return variables
 
 
