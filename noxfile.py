@@ -52,7 +52,11 @@ def acceptance(session: nox.Session) -> None:
 def acceptance_nodes(session: nox.Session) -> None:
     """The swarm tests on three dind nodes: data placed by label, a lost worker survived."""
     _install(session)
-    default = ("tests/acceptance/test_swarm.py", "--nodes=3")
+    default = (
+        "tests/acceptance/test_node_exporter.py",  # every node scraped at its own address
+        "tests/acceptance/test_swarm.py",
+        "--nodes=3",
+    )
     session.run("pytest", *(session.posargs or default))
 
 

@@ -114,6 +114,34 @@ def test_prod_deployed_with_its_data_on_a_worker_runs_there(platform):
                for line in made_there), lines  # fmt: skip
 
 
+def test_a_container_on_the_manager_reaches_prod_postgres_on_the_worker_by_its_dns_name(platform):
+    """tasks.<service> names and the overlay carry traffic across nodes: a container on the
+    manager, on prod's network, resolves and reaches the Postgres that runs on a worker."""
+    image = platform.require("POSTGRES_IMAGE")  # has getent and pg_isready
+    node = (
+        _node_of(platform, "prod_postgres")
+        if "prod" in engine.deployed_stacks(platform.client)
+        else ""
+    )
+    here = platform.client.info()["Swarm"]["NodeID"]
+    if not node or node == here:
+        pytest.skip("needs prod's Postgres on another node than the manager: --nodes=3")
+    output = platform.client.containers.run(
+        image,
+        entrypoint=["bash", "-c"],
+        command=["getent hosts tasks.prod_postgres && pg_isready -h tasks.prod_postgres -t 20"],
+        network="prod_backend",
+        labels={"org.nextcandle.acceptance": "swarm-probe"},
+        remove=True,
+    ).decode()
+    task = platform.client.services.get("prod_postgres").tasks(
+        filters={"desired-state": "running"}
+    )[0]
+    addresses = {a["Addresses"][0].split("/")[0] for a in task["NetworksAttachments"]}
+    assert any(line.split()[0] in addresses for line in output.splitlines() if line), output
+    assert "accepting connections" in output, output
+
+
 def _index_of(platform, node_id: str) -> int:
     for index, member in enumerate(platform.swarm.nodes):
         if member.client.info()["Swarm"]["NodeID"] == node_id:
