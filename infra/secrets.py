@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from passlib.apache import HtpasswdFile
 
+from infra import runner
 from infra.alerts import receivers
 from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED
 from infra.errors import SecretsError
@@ -223,9 +224,9 @@ def _comment_lines(text: str) -> int:
 
 # --- Docker secrets --------------------------------------------------------------------------
 # Each stack's secret keys (as its stack file declares them) and how their content is made.
-# `values` holds secrets.yml plus the .env tokens under `cloudflare_tunnel_token`,
-# `runner_token` and the alert receivers' secret names; `env` is the environment name for
-# dev/stg/prod.
+# `values` holds secrets.yml plus the .env tokens under `cloudflare_tunnel_token`, the
+# runner's credential (ENV_FILE_TOKENS, APP_KEY_FILE) and the alert receivers' secret names;
+# `env` is the environment name for dev/stg/prod.
 
 Renderer = Callable[[Values, str], str]
 
@@ -286,7 +287,14 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
             for r in receivers.RECEIVERS
         },
     },
+    # One of these, by the way .env registers the runners (infra/runner.py, the overlays
+    # stacks/runner.<way>.yml); configs/runner/entrypoint.sh reads it.
     RUNNER: {
+        "runner_access_token": lambda v, env: v["runner_access_token"],
+        # Read only when the runner stack is planned: a bad key file fails that deploy alone.
+        "runner_app_private_key": lambda v, env: (
+            runner.read_private_key(v[APP_KEY_FILE]) if v[APP_KEY_FILE] else ""
+        ),
         "runner_token": lambda v, env: v["runner_token"],
     },
 }
@@ -294,14 +302,20 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
 # .env tokens handed to services as Docker secrets, by the key they take in `values`.
 ENV_FILE_TOKENS = {
     "cloudflare_tunnel_token": "CLOUDFLARE_TUNNEL_TOKEN",
+    "runner_access_token": "RUNNER_ACCESS_TOKEN",
     "runner_token": "RUNNER_TOKEN",
 }
+# The App's private key is a file: .env names it (its path, made absolute, under this key
+# in `values`), and the runner_app_private_key secret is its content.
+APP_KEY_FILE = "runner_app_private_key_file"
 
 
 def with_env_tokens(values: Values, settings: Settings) -> dict[str, str]:
     merged = dict(values)
     for key, variable in ENV_FILE_TOKENS.items():
         merged[key] = settings.get(variable)
+    key_file = settings.get("RUNNER_APP_PRIVATE_KEY_FILE")
+    merged[APP_KEY_FILE] = str(settings.root / Path(key_file).expanduser()) if key_file else ""
     for receiver in receivers.RECEIVERS:
         merged[receiver.secret] = settings.get(receiver.credential)
     return merged

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dotenv.parser import parse_stream
 
+from infra import runner
 from infra.alerts import receivers
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
@@ -42,9 +43,17 @@ DEFAULTS: dict[str, str | None] = {
     "DOMAIN_STG": "stg.localhost",
     "DOMAIN_PROD": "localhost",
     "CLOUDFLARE_TUNNEL_TOKEN": None,
-    "GITHUB_OWNER": None,
-    "RUNNER_TOKEN": None,
+    # The runner stack (README: Runners): where runners register, and one way to register.
+    "GITHUB_OWNER": None,  # an organisation (acme) or one repository (acme/app)
+    "RUNNER_ACCESS_TOKEN": None,  # a personal access token: the image mints registrations
+    "RUNNER_APP_ID": None,  # or a GitHub App: its id, its private key file (.pem) ...
+    "RUNNER_APP_PRIVATE_KEY_FILE": None,
+    "RUNNER_APP_LOGIN": None,  # ... and the account it is installed on (default: the owner)
+    "RUNNER_TOKEN": None,  # or a registration token, which GitHub lets live one hour
     "RUNNER_REPLICAS": "2",
+    "RUNNER_EPHEMERAL": "off",  # on: a runner takes one job, then a fresh one registers
+    "RUNNER_LABELS": "",  # extra labels, comma-separated
+    "RUNNER_GROUP": "",  # an organisation's runner group (default: Default)
     "DATA_ROOT": None,  # <repo>/.data
     "SECRETS_FILE": None,  # <repo>/secrets/secrets.yml
     "SWARM_ADVERTISE_ADDR": None,  # let Docker choose
@@ -296,6 +305,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)
     receivers.validate(values, where)
+    runner.validate(values, where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):

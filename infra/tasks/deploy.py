@@ -23,6 +23,8 @@ def _deploy(target, dry_run, no_tunnel, no_wait, timeout):
     tunnel = not no_tunnel
     if dry_run:
         plan = deployment.prepare(config, target, tunnel)
+        for line in plan.warnings:
+            print(f"warning: {line}")
         print(f"plan for {target} (dry run: nothing is changed)")
         print(report.format_plan(plan, config))
         return
@@ -56,7 +58,7 @@ def shared(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300):
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
 def runner(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300):
-    """Deploy the self-hosted GitHub Actions runners (needs GITHUB_OWNER and RUNNER_TOKEN)."""
+    """Deploy the self-hosted GitHub Actions runners (GITHUB_OWNER and a credential in .env)."""
     _deploy(RUNNER, dry_run, no_tunnel, no_wait, timeout)
 
 
