@@ -103,6 +103,7 @@ def generate(settings: Settings) -> bool:
     """Write secrets.yml when it is missing. Returns False (and writes nothing) if it exists."""
     path = settings.secrets_file
     if path.exists():
+        _require_file(path)
         return False
     values = generate_values(settings)
     header = (
@@ -131,6 +132,7 @@ def load(settings: Settings) -> dict[str, str]:
     fix = "Restore it from your backup, or move it away and run: invoke secrets.generate"
     if not path.exists():
         raise SecretsError(f"{path} does not exist. Create it with: invoke secrets.generate")
+    _require_file(path)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SecretsError(
@@ -144,6 +146,8 @@ def load(settings: Settings) -> dict[str, str]:
         raise SecretsError(f"{path} is not valid YAML{where}. {fix}") from None
     except OSError as exc:
         raise SecretsError(f"{path} cannot be read ({exc.strerror}). Fix its permissions.") from exc
+    except UnicodeDecodeError:
+        raise SecretsError(f"{path} is not UTF-8 text. {fix}") from None
     if not isinstance(data, dict):
         raise SecretsError(f"{path} is not a mapping of key: value lines. {fix}")
     missing = [key for key in SCHEMA_KEYS if not isinstance(data.get(key), str) or not data[key]]
@@ -152,13 +156,20 @@ def load(settings: Settings) -> dict[str, str]:
             f"{path} has no value for {', '.join(missing)}. Add "
             f"{'it' if len(missing) == 1 else 'them'} (see secrets/secrets.example.yml)."
         )
-    unknown = sorted(set(data) - set(SCHEMA_KEYS))
+    unknown = sorted(map(str, set(data) - set(SCHEMA_KEYS)))
     if unknown:
         raise SecretsError(
-            f"{path} has unknown keys: {', '.join(map(str, unknown))}. "
-            "Remove them or fix the names."
+            f"{path} has unknown keys: {', '.join(unknown)}. Remove them or fix the names."
         )
     return {key: data[key] for key in SCHEMA_KEYS}
+
+
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise SecretsError(
+            f"SECRETS_FILE {path} is a directory, not a file. Set SECRETS_FILE to the "
+            "secrets.yml file itself (default secrets/secrets.yml)."
+        )
 
 
 def write_private(path: Path, text: str) -> None:

@@ -204,12 +204,20 @@ class Settings:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of a dotenv file; a line that is neither that nor a comment is an error."""
+    if path.is_dir():
+        raise SettingsError(f"{path} is a directory, not a KEY=VALUE file. Give the file's path.")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(
             f"{path} cannot be read ({exc.strerror}). Fix its permissions."
         ) from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"{path} line {line} is not UTF-8 text. Save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)."
+        ) from None
     values: dict[str, str] = {}
     for binding in parse_stream(io.StringIO(text)):
         if binding.error or (binding.key is not None and binding.value is None):
@@ -257,6 +265,10 @@ def load_images(
     """The image file (IMAGES_FILE or stacks/images.env), each entry overridable by name."""
     path = Path(environ.get("IMAGES_FILE") or values.get("IMAGES_FILE") or "")
     path = _absolute(root, str(path)) if str(path) not in ("", ".") else DEFAULT_IMAGES_FILE
+    if path.is_dir():
+        raise SettingsError(
+            f"image file {path} is a directory. Set IMAGES_FILE to a file like stacks/images.env."
+        )
     if not path.is_file():
         raise SettingsError(f"image file {path} does not exist. Unset IMAGES_FILE or fix its path.")
     images = read_env_file(path)
@@ -301,6 +313,13 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
             raise SettingsError(
                 f"{name}={values[name]!r}{where} is not valid. Valid: on, off "
                 f"(default {_on_off(env.host_ports)})."
+            )
+    for name in (n.strip() for n in values["DISABLED_SERVICES"].split(",")):
+        stack, _, service = name.partition("_")
+        if name and (stack not in STACKS or not service):
+            raise SettingsError(
+                f"DISABLED_SERVICES{where} has {name!r}, which is not <stack>_<service> "
+                f"(e.g. shared_n8n). Stacks: {', '.join(STACKS)}; `invoke status` lists services."
             )
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)
