@@ -70,6 +70,8 @@ def prepare(
     warnings: list[str] = []
     if RUNNER in targets:
         warnings += runner.check_deployable(settings.values)
+        if secrets.app_key_file(settings):  # read before anything changes, not at the secret
+            runner.read_private_key(secrets.app_key_file(settings))
     values = None
     if settings.secrets_file.exists():
         values = secrets.with_env_tokens(secrets.load(settings), settings)

@@ -87,7 +87,8 @@ def validate(values: Mapping[str, str], where: str = "") -> None:
     chosen = [r.variable for r in REGISTRATIONS.values() if values.get(r.variable)]
     if len(chosen) > 1:
         raise SettingsError(
-            f"{' and '.join(chosen)} are all set{where}: the runners register one way. "
+            f"{' and '.join(chosen)} are {'both' if len(chosen) == 2 else 'all'} set{where}: "
+            "the runners register one way. "
             "Keep one (RUNNER_ACCESS_TOKEN or the GitHub App: they last) and empty the others."
         )
     app_id, key_file = (

@@ -321,12 +321,17 @@ ENV_FILE_TOKENS = {
 APP_KEY_FILE = "runner_app_private_key_file"
 
 
+def app_key_file(settings: Settings) -> str:
+    """RUNNER_APP_PRIVATE_KEY_FILE made absolute (relative to the repository), or ''."""
+    key_file = settings.get("RUNNER_APP_PRIVATE_KEY_FILE")
+    return str(settings.root / Path(key_file).expanduser()) if key_file else ""
+
+
 def with_env_tokens(values: Values, settings: Settings) -> dict[str, str]:
     merged = dict(values)
     for key, variable in ENV_FILE_TOKENS.items():
         merged[key] = settings.get(variable)
-    key_file = settings.get("RUNNER_APP_PRIVATE_KEY_FILE")
-    merged[APP_KEY_FILE] = str(settings.root / Path(key_file).expanduser()) if key_file else ""
+    merged[APP_KEY_FILE] = app_key_file(settings)
     for receiver in receivers.RECEIVERS:
         merged[receiver.secret] = settings.get(receiver.credential)
     return merged

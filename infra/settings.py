@@ -319,7 +319,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
         if name and (stack not in STACKS or not service):
             raise SettingsError(
                 f"DISABLED_SERVICES{where} has {name!r}, which is not <stack>_<service> "
-                f"(e.g. shared_n8n). Stacks: {', '.join(STACKS)}; `invoke status` lists services."
+                f"(e.g. shared_n8n). Stacks: {', '.join(STACKS)} (invoke status lists services)."
             )
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)

@@ -16,7 +16,7 @@ def logs(c, service="", follow=False, tail="100"):
     if not service:
         raise SettingsError(
             "no service given. Add --service=<stack>_<service>, e.g. --service=dev_postgres "
-            "(`invoke status` lists them)."
+            "(invoke status lists them)."
         )
     client = engine.connect(settings().docker_host)
     engine.require_manager(client)

@@ -201,7 +201,7 @@ def test_bad_runner_settings_are_one_line(environ, name, value, says):
 
 def test_two_ways_at_once_are_refused(environ):
     both = {"RUNNER_ACCESS_TOKEN": "a", "RUNNER_TOKEN": "b"}
-    with pytest.raises(SettingsError, match="RUNNER_ACCESS_TOKEN and RUNNER_TOKEN are all set"):
+    with pytest.raises(SettingsError, match="RUNNER_ACCESS_TOKEN and RUNNER_TOKEN are both set"):
         load_settings(REPO_ROOT, {**environ, **both})
 
 
