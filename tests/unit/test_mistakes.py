@@ -182,6 +182,11 @@ def docker_host_nobody_answers(env, tmp):
     env["DOCKER_HOST"] = f"tcp://127.0.0.1:{_closed_port()}"
 
 
+def backup_root_in_a_file(env, tmp):
+    (tmp / "a-file").write_text("")
+    env["BACKUP_ROOT"] = str(tmp / "a-file" / "backups")
+
+
 def _closed_port() -> int:
     """A loopback port nothing listens on: bound, then released (never listened on)."""
     with socket.socket() as probe:
@@ -229,6 +234,7 @@ SCENARIOS: dict[int, Scenario] = {
     40: disabled_service_without_stack,
     41: no_docker_command,
     42: docker_host_nobody_answers,
+    43: backup_root_in_a_file,
 }
 
 
