@@ -207,7 +207,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     if path.is_dir():
         raise SettingsError(f"{path} is a directory, not a KEY=VALUE file. Give the file's path.")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte order mark would otherwise glue itself to the first key
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise SettingsError(
             f"{path} cannot be read ({exc.strerror}). Fix its permissions."
