@@ -322,6 +322,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"DISABLED_SERVICES{where} has {name!r}, which is not <stack>_<service> "
                 f"(e.g. shared_n8n). Stacks: {', '.join(STACKS)} (invoke status lists services)."
             )
+    _check_advertise_addr(values["SWARM_ADVERTISE_ADDR"], where)
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)
     receivers.validate(values, where)
@@ -333,6 +334,27 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"DOMAIN_{env.upper()}={domain!r}{where} is not a host name. "
                 "Write it like app.example.com."
             )
+
+
+def _check_advertise_addr(value: str, where: str) -> None:
+    """SWARM_ADVERTISE_ADDR: what `docker swarm init --advertise-addr` takes, an address
+    (with an optional :port) or an interface name; checked here because the deploy that
+    inits the swarm has already written secrets.yml by then."""
+    if not value:
+        return
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        address = True
+    except ValueError:
+        address = False
+    interface = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", host) is not None
+    if not (address or interface) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise SettingsError(
+            f"SWARM_ADVERTISE_ADDR={value!r}{where} is not an address or interface. Write "
+            "this node's address (10.0.0.5, 10.0.0.5:2377) or its interface (eth0)."
+        )
 
 
 def _is_scale(value: str) -> bool:

@@ -178,3 +178,15 @@ def test_a_directory_as_images_file_is_named(tmp_path, environ):
 def test_disabled_services_need_their_stack(environ, value):
     with pytest.raises(SettingsError, match="which is not <stack>_<service>"):
         load_settings(REPO_ROOT, {**environ, "DISABLED_SERVICES": f"shared_n8n,{value}"})
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "10.0.0.5:2377", "eth0", "fe80::1", "[fe80::1]"])
+def test_an_advertise_address_or_interface_is_accepted(environ, value):
+    settings = load_settings(REPO_ROOT, {**environ, "SWARM_ADVERTISE_ADDR": value})
+    assert settings.get("SWARM_ADVERTISE_ADDR") == value
+
+
+@pytest.mark.parametrize("value", ["http://10.0.0.5", "10.0.0.5:99999", "my node", "10.0.0.5:x"])
+def test_a_bad_advertise_address_is_refused_before_anything(environ, value):
+    with pytest.raises(SettingsError, match="is not an address or interface"):
+        load_settings(REPO_ROOT, {**environ, "SWARM_ADVERTISE_ADDR": value})
