@@ -8,6 +8,7 @@ converges, report. Everything that can be wrong is checked in `prepare`, before 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import docker
 import yaml
 from docker.errors import APIError
 
-from infra import converge, engine, secrets
+from infra import converge, engine, runner, secrets
 from infra.catalog import CORE, DATA_TARGETS, RUNNER, STOP_ALL
 from infra.errors import EngineError, SecretsError, SettingsError
 from infra.plan import (
@@ -67,17 +68,17 @@ def prepare(
             "CLOUDFLARE_TUNNEL_TOKEN is not set. Put it in .env, or deploy without the "
             "tunnel: --no-tunnel"
         )
+    warnings: list[str] = []
     if RUNNER in targets:
-        missing = [name for name in ("GITHUB_OWNER", "RUNNER_TOKEN") if not settings.get(name)]
-        if missing:
-            raise SettingsError(
-                f"{' and '.join(missing)} not set. Put them in .env for the runner."
-            )
+        warnings += runner.check_deployable(settings.values)
+        if secrets.app_key_file(settings):  # read before anything changes, not at the secret
+            runner.read_private_key(secrets.app_key_file(settings))
     values = None
     if settings.secrets_file.exists():
         values = secrets.with_env_tokens(secrets.load(settings), settings)
     check_data_root(settings.data_root)
-    return plan_deploy(targets, settings, values, tunnel, nodes)
+    plan = plan_deploy(targets, settings, values, tunnel, nodes)
+    return dataclasses.replace(plan, warnings=tuple(warnings))
 
 
 def check_data_root(data_root: Path) -> None:
@@ -178,6 +179,8 @@ def apply(
 ) -> DeployResult:
     """Deploy `target` (and core before it). Raises InfraError with one line on bad input."""
     plan = prepare(settings, target, tunnel)
+    for line in plan.warnings:
+        report(f"warning: {line}")
     if shutil.which("docker") is None:
         raise SettingsError(
             "the docker command is not installed. Install the Docker CLI and retry."
@@ -366,9 +369,10 @@ def sync_secrets(
 
 
 def syncable_targets(settings: Settings) -> tuple[str, ...]:
-    """Stacks whose secrets can be made from what is configured (the runner needs its token)."""
+    """Stacks whose secrets can be made from what is configured (the runner needs its
+    credential)."""
     targets = ("core", "shared", "dev", "stg", "prod")
-    if settings.get("RUNNER_TOKEN"):
+    if runner.registration(settings.values) is not None:
         targets += (RUNNER,)
     return targets
 
