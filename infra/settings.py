@@ -21,6 +21,7 @@ from dotenv.parser import parse_stream
 from infra.alerts import receivers
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
+from infra.operations import config as operating
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO_ROOT / "stacks"
@@ -63,6 +64,9 @@ DEFAULTS: dict[str, str | None] = {
     # are not: for a node smaller than the original's reservations (stacks/README.md,
     # Small nodes).
     "RESERVATIONS_SCALE": "1",
+    # The deploy lock's TTL, and how much history and how many old versions the swarm keeps
+    # (infra/operations/config.py).
+    **operating.DEFAULTS,
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -296,6 +300,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)
     receivers.validate(values, where)
+    operating.validate(values, where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
