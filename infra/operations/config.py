@@ -14,7 +14,8 @@ from infra.errors import SettingsError
 # holder that is still running is never taken over sooner.
 # HISTORY_KEEP: operation records kept in the swarm (the oldest are removed beyond it).
 # ROLLBACK_KEEP: how many recorded deploys of each stack a rollback can go back to; the
-# config and secret versions they use are kept instead of pruned.
+# config and secret versions they use are kept instead of pruned (0: old versions are pruned
+# once a deploy converged, and a rollback finds only what is still in use).
 DEFAULTS: dict[str, str] = {
     "DEPLOY_LOCK_TTL": "1800",
     "HISTORY_KEEP": "100",
@@ -24,7 +25,7 @@ DEFAULTS: dict[str, str] = {
 _LIMITS = {
     "DEPLOY_LOCK_TTL": (1, 7 * 24 * 3600, "seconds"),
     "HISTORY_KEEP": (1, 1000, "records"),
-    "ROLLBACK_KEEP": (1, 100, "deploys"),
+    "ROLLBACK_KEEP": (0, 100, "deploys"),
 }
 
 

@@ -251,6 +251,8 @@ def re_applicable_records(records: Iterable[Record], stack: str) -> list[Record]
 def kept_objects(client: docker.DockerClient, stack: str, count: int) -> set[str]:
     """The configs and secrets the newest `count` re-applicable records of `stack` use:
     pruning keeps them so a rollback finds them (ROLLBACK_KEEP)."""
+    if count == 0:
+        return set()
     try:
         records = read(client)
     except APIError:
