@@ -83,18 +83,29 @@ def locked(
     action: str,
     target: str,
     command: str,
-    lock_wait: int | float = 0,
+    lock_wait: str = "0",
     message: str = "",
 ):
-    """The deploy lock and the history record around a mutating task (infra/operations)."""
+    """The deploy lock and the history record around a mutating task (infra/operations).
+    --lock-wait is read here, not by invoke, so a bad value is one line, not a traceback."""
     from infra.operations import run
+
+    try:
+        wait = float(lock_wait)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= 24 * 3600:
+        raise Exit(
+            f"error: --lock-wait={lock_wait!r} is not a number of seconds (0 to 86400).",
+            code=1,
+        )
 
     return run.operation(
         config,
         action,
         target,
         command,
-        lock_wait=float(lock_wait),
+        lock_wait=wait,
         message=message,
         report=lambda line: print(line, flush=True),
     )

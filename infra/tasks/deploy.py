@@ -50,7 +50,7 @@ def _deploy(target, dry_run, no_tunnel, no_wait, timeout, command, diff, exit_co
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
 def core(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=False,
-         exit_code=False, lock_wait=0, message=""):  # fmt: skip
+         exit_code=False, lock_wait="0", message=""):  # fmt: skip
     """Deploy the core stack: Traefik and the Cloudflare tunnel."""
     _deploy(CORE, dry_run, no_tunnel, no_wait, timeout, "deploy.core", diff, exit_code,
             lock_wait, message)  # fmt: skip
@@ -59,7 +59,7 @@ def core(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=Fal
 @task(help={"name": HELP["name"], **OPTIONS}, auto_shortflags=False)
 @operator_errors
 def env(c, name="", dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=False,
-        exit_code=False, lock_wait=0, message=""):  # fmt: skip
+        exit_code=False, lock_wait="0", message=""):  # fmt: skip
     """Deploy one environment (dev, stg, prod): core first, then its Postgres and Redis."""
     check_target(name, tuple(ENVIRONMENTS))
     _deploy(name, dry_run, no_tunnel, no_wait, timeout, f"deploy.env --name={name}", diff,
@@ -69,7 +69,7 @@ def env(c, name="", dry_run=False, no_tunnel=False, no_wait=False, timeout=300, 
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
 def shared(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=False,
-           exit_code=False, lock_wait=0, message=""):  # fmt: skip
+           exit_code=False, lock_wait="0", message=""):  # fmt: skip
     """Deploy the shared stack: object storage, Grafana, Prometheus, Loki, collectors, n8n."""
     _deploy(SHARED, dry_run, no_tunnel, no_wait, timeout, "deploy.shared", diff, exit_code,
             lock_wait, message)  # fmt: skip
@@ -78,7 +78,7 @@ def shared(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=F
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
 def runner(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=False,
-           exit_code=False, lock_wait=0, message=""):  # fmt: skip
+           exit_code=False, lock_wait="0", message=""):  # fmt: skip
     """Deploy the self-hosted GitHub Actions runners (needs GITHUB_OWNER and RUNNER_TOKEN)."""
     _deploy(RUNNER, dry_run, no_tunnel, no_wait, timeout, "deploy.runner", diff, exit_code,
             lock_wait, message)  # fmt: skip
@@ -87,7 +87,7 @@ def runner(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=F
 @task(name="all", help=OPTIONS, auto_shortflags=False)
 @operator_errors
 def all_(c, dry_run=False, no_tunnel=False, no_wait=False, timeout=300, diff=False,
-         exit_code=False, lock_wait=0, message=""):  # fmt: skip
+         exit_code=False, lock_wait="0", message=""):  # fmt: skip
     """Deploy core, shared, dev, stg and prod, in that order (the runner only on its own)."""
     _deploy("all", dry_run, no_tunnel, no_wait, timeout, "deploy.all", diff, exit_code,
             lock_wait, message)  # fmt: skip

@@ -20,7 +20,7 @@ from infra.tasks.common import HELP, locked, operator_errors, settings
     auto_shortflags=False,
 )
 @operator_errors
-def env(c, name="", from_="", yes=False, lock_wait=0, message=""):
+def env(c, name="", from_="", yes=False, lock_wait="0", message=""):
     """Restore a backup.env backup into an environment; its current data is backed up first."""
     from infra import backup
 

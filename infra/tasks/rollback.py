@@ -41,7 +41,8 @@ def _rollback(stack, command, to, with_secrets, dry_run, lock_wait, message, tim
 
 @task(help={"name": HELP["name"], **OPTIONS}, auto_shortflags=False)
 @operator_errors
-def env(c, name="", to=0, with_secrets=False, dry_run=False, lock_wait=0, message="", timeout=300):
+def env(c, name="", to=0, with_secrets=False, dry_run=False, lock_wait="0", message="",
+        timeout=300):  # fmt: skip
     """Re-apply an environment's stack as the previous recorded deploy (or --to=N) left it."""
     check_target(name, tuple(ENVIRONMENTS))
     command = f"rollback.env --name={name}" + (f" --to={to}" if to else "")
@@ -50,7 +51,7 @@ def env(c, name="", to=0, with_secrets=False, dry_run=False, lock_wait=0, messag
 
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
-def core(c, to=0, with_secrets=False, dry_run=False, lock_wait=0, message="", timeout=300):
+def core(c, to=0, with_secrets=False, dry_run=False, lock_wait="0", message="", timeout=300):
     """Re-apply the core stack as the previous recorded deploy (or --to=N) left it."""
     command = "rollback.core" + (f" --to={to}" if to else "")
     _rollback(CORE, command, to, with_secrets, dry_run, lock_wait, message, timeout)
@@ -58,7 +59,7 @@ def core(c, to=0, with_secrets=False, dry_run=False, lock_wait=0, message="", ti
 
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
-def shared(c, to=0, with_secrets=False, dry_run=False, lock_wait=0, message="", timeout=300):
+def shared(c, to=0, with_secrets=False, dry_run=False, lock_wait="0", message="", timeout=300):
     """Re-apply the shared stack as the previous recorded deploy (or --to=N) left it."""
     command = "rollback.shared" + (f" --to={to}" if to else "")
     _rollback(SHARED, command, to, with_secrets, dry_run, lock_wait, message, timeout)

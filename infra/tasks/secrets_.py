@@ -85,7 +85,7 @@ def list_(c):
     }
 )
 @operator_errors
-def rotate(c, key="", dry_run=False, timeout=300, lock_wait=0, message=""):
+def rotate(c, key="", dry_run=False, timeout=300, lock_wait="0", message=""):
     """Give one secret a new value live, without data loss; re-run to finish if interrupted."""
     from infra import rotate as rotation
 

@@ -14,7 +14,7 @@ OPTIONS = {
 }
 
 
-def _stop(target, cleanup, dry_run, lock_wait=0, message=""):
+def _stop(target, cleanup, dry_run, lock_wait="0", message=""):
     from infra import deploy as deployment
 
     config = settings()
@@ -33,14 +33,14 @@ def _stop(target, cleanup, dry_run, lock_wait=0, message=""):
 
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
-def core(c, cleanup=False, dry_run=False, lock_wait=0, message=""):
+def core(c, cleanup=False, dry_run=False, lock_wait="0", message=""):
     """Stop the core stack (Traefik, tunnel)."""
     _stop(CORE, cleanup, dry_run, lock_wait, message)
 
 
 @task(help={"name": HELP["name"], **OPTIONS}, auto_shortflags=False)
 @operator_errors
-def env(c, name="", cleanup=False, dry_run=False, lock_wait=0, message=""):
+def env(c, name="", cleanup=False, dry_run=False, lock_wait="0", message=""):
     """Stop one environment's stack; its data directories stay."""
     check_target(name, tuple(ENVIRONMENTS))
     _stop(name, cleanup, dry_run, lock_wait, message)
@@ -48,20 +48,20 @@ def env(c, name="", cleanup=False, dry_run=False, lock_wait=0, message=""):
 
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
-def shared(c, cleanup=False, dry_run=False, lock_wait=0, message=""):
+def shared(c, cleanup=False, dry_run=False, lock_wait="0", message=""):
     """Stop the shared stack; its data directories stay."""
     _stop(SHARED, cleanup, dry_run, lock_wait, message)
 
 
 @task(help=OPTIONS, auto_shortflags=False)
 @operator_errors
-def runner(c, cleanup=False, dry_run=False, lock_wait=0, message=""):
+def runner(c, cleanup=False, dry_run=False, lock_wait="0", message=""):
     """Stop the GitHub Actions runners."""
     _stop(RUNNER, cleanup, dry_run, lock_wait, message)
 
 
 @task(name="all", help=OPTIONS, auto_shortflags=False)
 @operator_errors
-def all_(c, cleanup=False, dry_run=False, lock_wait=0, message=""):
+def all_(c, cleanup=False, dry_run=False, lock_wait="0", message=""):
     """Stop every stack, runner included, in reverse dependency order."""
     _stop("all", cleanup, dry_run, lock_wait, message)
