@@ -174,8 +174,17 @@ def compare(name: str, wanted: Mapping, rendered: Mapping, live_spec: Mapping) -
         changes.append("resources changed")
     if _live_ports(live_spec) != _ports(wanted.get("ports")):
         changes.append("ports changed")
-    label_names = _changed_names(_ours(labels), _ours((wanted.get("deploy") or {}).get("labels")))
-    label_names += _changed_names(_ours(container.get("Labels")), _ours(wanted.get("labels")))
+    label_names = []
+    for live_labels, new_labels in (
+        (_ours(labels), _ours((wanted.get("deploy") or {}).get("labels"))),
+        (_ours(container.get("Labels")), _ours(wanted.get("labels"))),
+    ):
+        for key in _changed_names(live_labels, new_labels):
+            # A label that carries the image reference (com.nextcandle.image) changes with
+            # the image: the image line above says it.
+            was, now = _image(live_labels.get(key, "")), _image(new_labels.get(key, ""))
+            if (was, now) != (_image(old_image), _image(new_image)):
+                label_names.append(key)
     if label_names:
         changes.append(f"labels changed ({', '.join(sorted(set(label_names)))})")
     if not changes:

@@ -306,6 +306,15 @@ def test_each_kind_of_change_is_named(wanted, rendered, expected):
     assert "Asia/Seoul" not in found.line, "values are never printed, only names"
 
 
+def test_a_label_carrying_the_image_reference_changes_with_the_image_silently():
+    wanted = _wanted(image="redis:7.4.8", labels={"com.nextcandle.image": "redis:7.4.8"})
+    live = _live(
+        Labels={"com.docker.stack.namespace": "dev", "com.nextcandle.image": "redis:7.4.7"}
+    )
+    found = diff.compare("dev_redis", wanted, RENDERED_NAMES, live)
+    assert found.changes == ("image redis:7.4.7 -> redis:7.4.8",)
+
+
 def test_the_diff_is_summed_up_per_stack():
     diffs = {
         "dev": [
