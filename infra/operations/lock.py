@@ -167,15 +167,21 @@ def acquire(
     over. Raises LockHeld with one line naming the holder. Returns the lock as taken."""
     deadline = time.monotonic() + max(wait, 0.0)
     announced = ""
+    vanished = 0  # times the lock could be neither created nor read
     while True:
         if _create(client, holder):
             taken = read(client)
             if taken is not None:
                 return taken
-            continue  # released by `lock.release` in the instant after: take it again
         current = read(client)
-        if current is None:
-            continue  # released between our create and our read
+        if current is None:  # released in the instant between two calls: try again
+            vanished += 1
+            if vanished > 10:
+                raise EngineError(
+                    f"the deploy lock ({LOCK_NAME}) can be neither created nor read. Check "
+                    "`docker config ls` on a manager, then retry."
+                )
+            continue
         if current.expired():
             if _remove(client, current.id):
                 report(f"lock: took over the expired deploy lock of {current.describe()}")
