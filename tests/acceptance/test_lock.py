@@ -221,6 +221,12 @@ def test_diff_deploy_and_rollback_of_a_config_and_an_image(dev, tmp_path):
         "  dev_redis: unchanged" in cli.stdout
         and "stack core: 0 services would change" in cli.stdout
     )
+    planned = dev.invoke(
+        "deploy.env", "--name=dev", "--no-tunnel", "--dry-run", POSTGRES_EXPORTER_IMAGE=new_ref
+    )
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.startswith("plan for dev (dry run: nothing is changed)")
+    assert f"  dev_postgres-exporter: image {exporter_ref} -> {new_ref}" in planned.stdout
     calm = dev.invoke("deploy.env", "--name=dev", "--no-tunnel", "--diff", "--exit-code")
     assert calm.returncode == 0, calm.stdout + calm.stderr
     assert "stack dev: 0 services would change" in calm.stdout
@@ -233,6 +239,12 @@ def test_diff_deploy_and_rollback_of_a_config_and_an_image(dev, tmp_path):
     new_conf = _container(dev, "dev_redis")["Configs"][0]["ConfigName"]
     assert new_conf != old_conf
     assert old_conf in {c.name for c in dev.client.configs.list()}, "kept for the rollback"
+
+    preview = dev.invoke("rollback.env", "--name=dev", "--dry-run", **KEEP)
+    assert preview.returncode == 0, preview.stderr
+    assert "stack dev: 2 services would change, 2 unchanged" in preview.stdout, preview.stdout
+    assert f"  dev_postgres-exporter: image {new_ref} -> {exporter_ref}" in preview.stdout
+    assert _versions(dev, "core", "dev") == middle, "a dry run changed something"
 
     rolled = dev.invoke("rollback.env", "--name=dev", "--message=back", **KEEP)
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
