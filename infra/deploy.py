@@ -26,6 +26,8 @@ from docker.errors import APIError
 from infra import converge, engine, runner, secrets
 from infra.catalog import CORE, DATA_TARGETS, RUNNER, STOP_ALL
 from infra.errors import EngineError, SecretsError, SettingsError
+from infra.operations import config as operating
+from infra.operations import history
 from infra.plan import (
     HASH_LENGTH,
     LABEL_SPEC_HASH,
@@ -52,6 +54,7 @@ class DeployResult:
     dirs_created: list[Path] = field(default_factory=list)
     secrets_created: list[str] = field(default_factory=list)
     stacks: dict[str, list[converge.ServiceState]] = field(default_factory=dict)
+    rendered: dict[str, dict] = field(default_factory=dict)  # what each stack was deployed as
 
 
 def prepare(
@@ -79,6 +82,15 @@ def prepare(
     check_data_root(settings.data_root)
     plan = plan_deploy(targets, settings, values, tunnel, nodes)
     return dataclasses.replace(plan, warnings=tuple(warnings))
+
+
+def require_docker_cli() -> None:
+    """A deploy renders and deploys stacks with the docker CLI: its absence is one line
+    before anything (the deploy lock included) is touched."""
+    if shutil.which("docker") is None:
+        raise SettingsError(
+            "the docker command is not installed. Install the Docker CLI and retry."
+        )
 
 
 def check_data_root(data_root: Path) -> None:
@@ -181,10 +193,7 @@ def apply(
     plan = prepare(settings, target, tunnel)
     for line in plan.warnings:
         report(f"warning: {line}")
-    if shutil.which("docker") is None:
-        raise SettingsError(
-            "the docker command is not installed. Install the Docker CLI and retry."
-        )
+    require_docker_cli()
     client = client or engine.connect(settings.docker_host)
     result = DeployResult()
     warning = engine.start_interval_warning(engine.api_version(client))
@@ -229,7 +238,8 @@ def apply(
         for obj in stack.configs:
             if obj.generated and engine.ensure_config(client, obj):
                 report(f"config: created {obj.name} <- {obj.source}")
-        handed_over.append((stack, deploy_stack(client, stack, report=report)))
+        rendered = result.rendered[stack.name] = render(stack, report)
+        handed_over.append((stack, deploy_rendered(client, stack, rendered, report)))
     if not wait:
         return result
     # Every stack is handed to the engine before waiting on any, so the engine starts them
@@ -245,8 +255,10 @@ def apply(
         )
         if changed:
             report(f"stack {stack.name}: converged, {len(changed)} services changed")
-        # Old versions go only once nothing can roll back to them.
+        # Old versions go only once nothing can roll back to them: neither Swarm (the
+        # update converged) nor `invoke rollback.*` (ROLLBACK_KEEP recorded deploys).
         keep = {obj.name for obj in (*stack.secrets, *stack.configs)}
+        keep |= history.kept_objects(client, stack.name, rollback_keep(settings))
         for name in prune_objects(client, stack.name, keep=keep):
             report(f"stack {stack.name}: pruned {name} (no longer used)")
     return result
@@ -260,23 +272,39 @@ def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) 
     out of the `docker stack deploy`, so a redeploy with nothing changed updates nothing.
     Returns the names of the services created, updated or removed; does not wait.
     """
+    return deploy_rendered(client, stack, render(stack, report), report)
+
+
+def render(stack: StackPlan, report: Report | None = None) -> dict:
+    """The stack as it is deployed: rendered by `docker stack config`, reservations scaled,
+    disabled services left out, each service labelled with the hash of its definition
+    (LABEL_SPEC_HASH). Client-side; the live diff and the history read the same."""
     rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
     rendered = scale_reservations(rendered, stack.reservations_scale)
     for name in stack.disabled:
         rendered["services"].pop(name, None)
-        report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")
+        if report:
+            report(f"stack {stack.name}: {name} left out (DISABLED_SERVICES)")
+    for service in rendered["services"].values():
+        digest = spec_hash(service, rendered)
+        service.setdefault("deploy", {}).setdefault("labels", {})[LABEL_SPEC_HASH] = digest
+    return rendered
+
+
+def deploy_rendered(
+    client: docker.DockerClient, stack: StackPlan, rendered: dict, report: Report
+) -> list[str]:
+    """`deploy_stack` for a stack already rendered (by `render`, or as a rollback kept it)."""
     services = engine.stack_services(client, stack.name, status=True)
     live = {
         service.name: (service.attrs["Spec"].get("Labels") or {}).get(LABEL_SPEC_HASH)
         for service in services
     }
-    changed = {}
-    for name, service in rendered["services"].items():
-        digest = spec_hash(service, rendered)
-        labels = service.setdefault("deploy", {}).setdefault("labels", {})
-        labels[LABEL_SPEC_HASH] = digest
-        if live.get(f"{stack.name}_{name}") != digest:
-            changed[name] = service
+    changed = {
+        name: service
+        for name, service in rendered["services"].items()
+        if live.get(f"{stack.name}_{name}") != service["deploy"]["labels"][LABEL_SPEC_HASH]
+    }
     removed = sorted(set(live) - {f"{stack.name}_{name}" for name in rendered["services"]})
     if changed:
         report(f"stack {stack.name}: deploying {', '.join(sorted(changed))}")
@@ -352,6 +380,10 @@ def spec_hash(service: dict, rendered: dict) -> str:
     }
     text = json.dumps({"service": service, "mounted": mounted}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def rollback_keep(settings: Settings) -> int:
+    return operating.number(settings.values, "ROLLBACK_KEEP")
 
 
 def sync_secrets(

@@ -22,6 +22,7 @@ from infra import runner
 from infra.alerts import receivers
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
+from infra.operations import config as operating
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = REPO_ROOT / "stacks"
@@ -72,6 +73,9 @@ DEFAULTS: dict[str, str | None] = {
     # are not: for a node smaller than the original's reservations (stacks/README.md,
     # Small nodes).
     "RESERVATIONS_SCALE": "1",
+    # The deploy lock's TTL, and how much history and how many old versions the swarm keeps
+    # (infra/operations/config.py).
+    **operating.DEFAULTS,
 }
 # ENV_FILE (default <repo>/.env) is read from the process environment only.
 
@@ -327,6 +331,7 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
     parse_keep(values["BACKUP_KEEP"], where)
     receivers.validate(values, where)
     runner.validate(values, where)
+    operating.validate(values, where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):

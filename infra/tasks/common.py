@@ -83,3 +83,55 @@ HELP.update(
         "prune_yes": "confirm: remove the backups BACKUP_KEEP no longer keeps",
     }
 )
+
+HELP.update(
+    {
+        "lock_wait": "seconds to wait for the deploy lock if another operation holds it "
+        "(default 0: refuse at once, naming the holder)",
+        "message": "a note kept with the lock and the history record, e.g. why",
+        "diff": "print what the deploy would change in the running swarm, per service, and "
+        "change nothing",
+        "exit_code": "with --diff: exit 2 when anything would change (for CI gates)",
+        "history_name": "only records that touch this stack, e.g. prod",
+        "history_json": "print the records as JSON, for scripts",
+        "history_limit": "how many of the newest records to show (default 20; 0: all)",
+        "lock_yes": "confirm: remove the deploy lock whoever holds it",
+        "rollback_to": "the history record to go back to (default: the newest recorded "
+        "deploy that differs from what runs)",
+        "with_secrets": "also bring back older secret versions (not after a rotation)",
+        "rollback_dry_run": "print the record and what re-applying it changes; change nothing",
+    }
+)
+
+
+def locked(
+    config: Settings,
+    action: str,
+    target: str,
+    command: str,
+    lock_wait: str = "0",
+    message: str = "",
+):
+    """The deploy lock and the history record around a mutating task (infra/operations).
+    --lock-wait is read here, not by invoke, so a bad value is one line, not a traceback."""
+    from infra.operations import run
+
+    try:
+        wait = float(lock_wait)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= 24 * 3600:
+        raise Exit(
+            f"error: --lock-wait={lock_wait!r} is not a number of seconds (0 to 86400).",
+            code=1,
+        )
+
+    return run.operation(
+        config,
+        action,
+        target,
+        command,
+        lock_wait=wait,
+        message=message,
+        report=lambda line: print(line, flush=True),
+    )

@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from infra.tasks.common import HELP, number, operator_errors, settings
+from infra.tasks.common import HELP, locked, number, operator_errors, settings
 
 
 @task(help={"dry_run": HELP["dry_run"]})
@@ -75,9 +75,17 @@ def list_(c):
         )
 
 
-@task(help={"key": HELP["key"], "dry_run": HELP["dry_run"], "timeout": HELP["timeout"]})
+@task(
+    help={
+        "key": HELP["key"],
+        "dry_run": HELP["dry_run"],
+        "timeout": HELP["timeout"],
+        "lock_wait": HELP["lock_wait"],
+        "message": HELP["message"],
+    }
+)
 @operator_errors
-def rotate(c, key="", dry_run=False, timeout="300"):
+def rotate(c, key="", dry_run=False, timeout="300", lock_wait="0", message=""):
     """Give one secret a new value live, without data loss; re-run to finish if interrupted."""
     from infra import rotate as rotation
 
@@ -87,4 +95,12 @@ def rotate(c, key="", dry_run=False, timeout="300"):
         for line in rotation.plan(config, key):
             print(line)
         return
-    rotation.rotate(config, key, timeout=seconds, report=lambda line: print(line, flush=True))
+    stack = rotation.check_key(key).stack
+    with locked(config, "rotate", stack, f"secrets.rotate --key={key}", lock_wait, message) as op:
+        rotation.rotate(
+            config,
+            key,
+            timeout=seconds,
+            report=lambda line: print(line, flush=True),
+            client=op.client,
+        )

@@ -99,6 +99,9 @@ def swarm_settings(
         "RESOLVE_IMAGE": "never",
         "DISABLED_SERVICES": ",".join(disabled),
         "RESERVATIONS_SCALE": RESERVATIONS_SCALE,
+        # Old config and secret versions are pruned at once, as the modules that check pruning
+        # expect whatever deploys other modules recorded; test_lock.py keeps them (default 3).
+        "ROLLBACK_KEEP": "0",
         # The suite checks every port of the table, also those stg and prod keep off by default.
         **{env.host_ports_variable: "on" for env in ENVIRONMENTS.values()},
         **{v: c.ref for v, c in images.items() if c.ref},
