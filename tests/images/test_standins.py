@@ -1221,7 +1221,7 @@ def test_n8n_creates_its_owner_from_the_instance_owner_files(standin, containers
     )
     assert status == 401
     major, minor = exec_ok(container, ["node", "-p", "process.versions.node"]).split(".")[:2]
-    assert (int(major), int(minor)) >= (22, 16)  # n8n 2.17's engines
+    assert (int(major), int(minor)) >= (22, 16)  # n8n 2.20's engines
 
 
 # ---------------------------------------------------------------------------------------------
