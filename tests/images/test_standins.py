@@ -1194,16 +1194,16 @@ def test_n8n_creates_its_owner_from_the_instance_owner_files(standin, containers
         detach=True,
     )
     base = f"http://127.0.0.1:{host_port(container, '5678/tcp')}"
-    wait_for(
-        lambda: http_status(f"{base}/healthz") == 200,
-        timeout=240,
-        what="n8n /healthz",
-        container=container,
-        interval=2,
+
+    def settings() -> dict | None:
+        # /healthz answers early; the REST API only once n8n has started (503 before).
+        with urllib.request.urlopen(f"{base}/rest/settings", timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())["data"]
+
+    found = wait_for(
+        settings, timeout=240, what="n8n /rest/settings", container=container, interval=2
     )
-    with urllib.request.urlopen(f"{base}/rest/settings", timeout=10) as response:  # noqa: S310
-        settings = json.loads(response.read())["data"]
-    assert settings["userManagement"]["showSetupOnFirstLoad"] is False
+    assert found["userManagement"]["showSetupOnFirstLoad"] is False
     intruder = {
         "email": "x@example.test",
         "firstName": "X",
