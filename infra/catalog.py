@@ -158,6 +158,8 @@ ORIGINAL_RESOURCES: dict[str, OriginalResources] = {
     },
     "core_traefik": OriginalResources(_NO_RECORD),
     "core_cloudflared": OriginalResources(f"{_ISSUE}: changed, the original's values not given"),
+    # The original mounted the Docker socket into Traefik; this proxy replaces that mount.
+    "core_docker-proxy": OriginalResources(NOT_IN_THE_ORIGINAL),
     "shared_seaweedfs": OriginalResources(f"{_NO_RECORD} (the original ran MinIO here)"),
     "shared_grafana": OriginalResources(
         f"{_ISSUE}: the limits it found were twice these", cpu_limit="0.25", memory_limit="256M"

@@ -46,6 +46,12 @@ Grafana: `grafana cli admin reset-admin-password --password-from-stdin` in the r
 container (GF_SECURITY_ADMIN_PASSWORD__FILE counts only when Grafana creates its database),
 then the roll. SeaweedFS's S3 keys and the Traefik dashboard password live nowhere but in
 their secret files, read at start: the roll is the change.
+
+n8n: the roll is the change too. Its owner is managed from its environment
+(N8N_INSTANCE_OWNER_MANAGED_BY_ENV): at every start n8n writes the bcrypt hash of its
+n8n_owner_password_hash secret over the owner's password, so the new task started on the new
+secret version knows only the new password. The check logs in through n8n's REST login
+inside the container, the credentials on node's stdin.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +79,7 @@ Report = Callable[[str], None]
 LIVE_POSTGRES = "postgres"
 LIVE_GRAFANA = "grafana"
 RESTART = "restart"  # the roll onto the new secret version is the whole change
+RESTART_N8N = "restart n8n"  # as RESTART; checked by logging in to n8n
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class Rotatable:
     key: str
     stack: str  # the stack whose service holds the value live
     service: str  # that service: told the new value (unless RESTART), then checked
-    live: str  # LIVE_POSTGRES, LIVE_GRAFANA or RESTART
+    live: str  # LIVE_POSTGRES, LIVE_GRAFANA, RESTART or RESTART_N8N
     effect: str  # one line for the plan
     checked: bool = True  # step 5 can log in with the new value and fail with the old one
     derived: tuple[str, ...] = ()  # keys made again from the new value
@@ -133,16 +141,19 @@ def _table() -> tuple[dict[str, Rotatable], dict[str, str]]:
         checked=False,
         derived=("traefik_dashboard_htpasswd",),
     )
+    rotatable["n8n_password"] = Rotatable(
+        "n8n_password",
+        SHARED,
+        "shared_n8n",
+        RESTART_N8N,
+        "shared_n8n restarts with the new owner password hash; n8n applies it at start",
+    )
     read_only.update(
         {
             "grafana_admin_user": "a user name, not a secret",
             "traefik_dashboard_user": "a user name, not a secret",
             "n8n_user": "a user name, not a secret",
             "traefik_dashboard_htpasswd": "made from traefik_dashboard_password: rotate that",
-            "n8n_password": (
-                "n8n keeps its owner password in its own database and no service reads this "
-                "value; change it in n8n (Settings, Personal)"
-            ),
             "n8n_encryption_key": (
                 "n8n encrypts its stored credentials with it; a new key would make them unreadable"
             ),
@@ -399,6 +410,24 @@ class Services:
             return False
         raise EngineError(f"shared_grafana did not answer: {_first_line(err or out, code)}")
 
+    def n8n_accepts(self, email: str, password: str) -> bool:
+        # node reads the credentials from stdin and posts them to n8n's REST login.
+        script = (
+            "let body = '';"
+            "process.stdin.on('data', c => body += c).on('end', () =>"
+            " fetch('http://127.0.0.1:5678/rest/login', {method: 'POST',"
+            " headers: {'content-type': 'application/json'}, body})"
+            ".then(r => console.log(r.status),"
+            " e => { console.error(String(e)); process.exit(1); }))"
+        )
+        body = json.dumps({"emailOrLdapLoginId": email, "password": password})
+        code, out, err = self._exec("shared_n8n", ["node", "-e", script], body)
+        if out.strip() == "200":
+            return True
+        if out.strip() == "401":
+            return False
+        raise EngineError(f"shared_n8n did not answer its login: {_first_line(err or out, code)}")
+
 
 def _first_line(text: str, code: int) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -478,6 +507,8 @@ def _accepts(services: Services, pending: Pending, values: Mapping[str, str], pa
         return services.postgres_accepts(rotatable.stack, values, password)
     if rotatable.live == LIVE_GRAFANA:
         return services.grafana_accepts(values["grafana_admin_user"], password)
+    if rotatable.live == RESTART_N8N:
+        return services.n8n_accepts(values["n8n_user"], password)
     return services.redis_accepts(rotatable.stack, password)
 
 
@@ -518,7 +549,8 @@ def rotate(
     engine.require_manager(client)
     services = Services(client)
     rotatable = ROTATABLE[key]
-    if rotatable.live != RESTART:  # its service must be reachable before the record is made
+    # Its service must answer before the record is made (a restart needs nothing of it).
+    if rotatable.live not in (RESTART, RESTART_N8N):
         engine.running_container(client, rotatable.service)
     pending = begin(settings, key, report)
     apply_live(settings, services, pending, report)

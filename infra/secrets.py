@@ -9,7 +9,10 @@ DOCKER_SECRETS; their names carry a hash of their content (DESIGN decision 2).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bcrypt
 import yaml
 from passlib.apache import HtpasswdFile
 
@@ -45,6 +49,24 @@ def _htpasswd_line(user: str, password: str) -> str:
     htpasswd = HtpasswdFile(default_scheme="apr_md5_crypt")
     htpasswd.set_password(user, password)
     return htpasswd.to_string().decode().strip()
+
+
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_BCRYPT_BASE64 = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def n8n_password_hash(password: str, installation_key: str) -> str:
+    """The bcrypt hash n8n takes as N8N_INSTANCE_OWNER_PASSWORD_HASH(_FILE).
+
+    The salt is not drawn at random: it is an HMAC of the password under a secret of this
+    installation (n8n_encryption_key, never rotated). The same password always gives the
+    same hash, so a redeploy renders the same Docker secret and restarts nothing (DESIGN
+    decisions 2 and 3), while another installation or another password gets another salt."""
+    digest = hmac.new(
+        installation_key.encode(), b"n8n owner password\0" + password.encode(), hashlib.sha256
+    ).digest()
+    salt = base64.b64encode(digest[:16]).translate(bytes.maketrans(_BASE64, _BCRYPT_BASE64))
+    return bcrypt.hashpw(password.encode(), b"$2b$10$" + salt.rstrip(b"=")).decode()
 
 
 @dataclass(frozen=True)
@@ -292,6 +314,11 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
         "grafana_admin_user": lambda v, env: v["grafana_admin_user"],
         "grafana_admin_password": lambda v, env: v["grafana_admin_password"],
         "n8n_encryption_key": lambda v, env: v["n8n_encryption_key"],  # no newline: n8n reads raw
+        # The owner n8n creates (and re-applies) at every start: N8N_INSTANCE_OWNER_*_FILE.
+        "n8n_owner_email": lambda v, env: v["n8n_user"],
+        "n8n_owner_password_hash": lambda v, env: n8n_password_hash(
+            v["n8n_password"], v["n8n_encryption_key"]
+        ),
         # Alert receivers' credentials from .env, or a marker while a receiver is unset.
         **{
             r.secret: (lambda v, env, key=r.secret: v.get(key) or receivers.UNSET)

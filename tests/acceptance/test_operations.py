@@ -150,7 +150,10 @@ def test_deploy_hands_every_stack_to_the_engine_before_waiting(dev):
     handed_over = [i for i, line in enumerate(lines) if line.startswith("stack dev: deploying")]
     first_wait = next(i for i, line in enumerate(lines) if line.startswith("  core_"))
     assert handed_over and handed_over[0] < first_wait, lines
-    assert {s.name for s in engine.stack_services(dev.client, "core")} == {"core_traefik"}
+    assert {s.name for s in engine.stack_services(dev.client, "core")} == {
+        "core_traefik",
+        "core_docker-proxy",
+    }
     assert "stack dev: converged, 4 services changed" in lines, lines
 
 

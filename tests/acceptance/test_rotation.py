@@ -16,9 +16,11 @@ import subprocess
 import psycopg
 import pytest
 import redis
+import requests
 from botocore.exceptions import ClientError
 
 from infra import engine, rotate
+from infra.catalog import CORE_PORTS
 from infra.plan import LABEL_KEY, LABEL_STACK
 
 
@@ -239,4 +241,38 @@ def test_grafana_admin_password_rotation_is_live_and_refuses_the_old_one(dev):
     assert new != old
     assert dev.web("grafana.localhost", "/api/user", auth=(user, new)).status_code == 200
     assert dev.web("grafana.localhost", "/api/user", auth=(user, old)).status_code == 401
+    _assert_finished(dev, result, old)
+
+
+def _n8n_login(platform, email: str, password: str) -> int:
+    response = requests.post(
+        f"http://127.0.0.1:{platform.port(CORE_PORTS['web'])}/rest/login",
+        json={"emailOrLdapLoginId": email, "password": password},
+        headers={"Host": "n8n.localhost"},
+        timeout=30,
+    )
+    return response.status_code
+
+
+def test_n8n_password_rotation_restarts_n8n_onto_the_new_owner_password(dev):
+    dev.require("TRAEFIK_IMAGE")
+    dev.require("N8N_IMAGE")
+    dev.deploy("core")
+    dev.deploy("shared")
+    values = dev.secrets()
+    user, old = values["n8n_user"], values["n8n_password"]
+    dev.wait_for(
+        lambda: _n8n_login(dev, user, old) == 200,
+        timeout=180,
+        what="n8n to accept the owner password of secrets.yml",
+    )
+    before = _versions(dev)
+
+    result = _rotate(dev, "n8n_password")
+
+    new = dev.secrets()["n8n_password"]
+    assert new != old
+    assert _n8n_login(dev, user, new) == 200
+    assert _n8n_login(dev, user, old) == 401
+    assert _rolled(before, _versions(dev)) == {"shared_n8n"}, result.stdout
     _assert_finished(dev, result, old)

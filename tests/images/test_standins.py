@@ -1068,6 +1068,57 @@ def test_seaweedfs_refuses_anonymous_and_wrong_keys(seaweedfs):
 
 
 # ---------------------------------------------------------------------------------------------
+# docker-proxy (tecnativa/docker-socket-proxy)
+
+
+def _docker_proxy(standin, containers, **environment):
+    """The proxy in front of this machine's Docker socket. Only requests the proxy refuses,
+    reads and a POST to /_ping (which the engine does not serve) are sent: nothing changes."""
+    container = containers.run(
+        standin("docker-proxy"),
+        environment={"DISABLE_IPV6": "1", **environment},
+        volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}},
+        ports=loopback("2375/tcp"),
+        detach=True,
+    )
+    base = f"http://127.0.0.1:{host_port(container, '2375/tcp')}"
+    wait_for(
+        lambda: http_status(f"{base}/_ping") == 200,
+        timeout=30,
+        what="the proxy to answer /_ping",
+        container=container,
+    )
+    return container, base
+
+
+def test_docker_proxy_opens_only_the_sections_its_variables_name(standin, containers):
+    container, base = _docker_proxy(standin, containers, NETWORKS="1", VERSION="1")
+    assert http_status(f"{base}/version") == 200
+    assert http_status(f"{base}/v1.41/version") == 200
+    assert http_status(f"{base}/v1.41/networks") == 200
+    assert http_status(f"{base}/_ping", method="HEAD") == 200
+    # Closed by default (upstream's ENV): containers, images, info, secrets, services...
+    for path in ("/containers/json", "/images/json", "/info", "/secrets", "/services"):
+        assert http_status(f"{base}/v1.41{path}") == 403, path
+    assert exec_ok(container, ["wget", "-q", "-O", "-", "http://127.0.0.1:2375/_ping"]) == "OK"
+
+
+def test_docker_proxy_refuses_every_write_unless_post_is_on(standin, containers):
+    _, base = _docker_proxy(standin, containers, NETWORKS="1", SERVICES="1")
+    for method, path in (
+        ("POST", "/v1.41/services/create"),
+        ("DELETE", "/v1.41/networks/bridge"),
+        ("PUT", "/v1.41/networks/bridge"),
+        ("POST", "/_ping"),
+    ):
+        assert http_status(f"{base}{path}", method=method) == 403, (method, path)
+    _, opened = _docker_proxy(standin, containers, POST="1")
+    # The engine itself answers (no route for POST /_ping): the proxy let it through.
+    assert http_status(f"{opened}/_ping", method="POST") == 404
+    assert http_status(f"{opened}/v1.41/containers/create", method="POST") == 403
+
+
+# ---------------------------------------------------------------------------------------------
 # n8n (n8nio/n8n)
 
 
@@ -1104,6 +1155,73 @@ def test_n8n_answers_healthz_as_node(standin, containers):
     )
     settings = json.loads(exec_ok(container, ["cat", "/home/node/.n8n/config"]))
     assert settings.get("encryptionKey") == encryption_key
+
+
+def _post_json(url: str, body: dict) -> tuple[int, dict]:
+    assert url.startswith("http://127.0.0.1:"), url
+    request = urllib.request.Request(  # noqa: S310 (loopback http only)
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, {}
+
+
+def test_n8n_creates_its_owner_from_the_instance_owner_files(standin, containers):
+    """N8N_INSTANCE_OWNER_MANAGED_BY_ENV with the e-mail and the bcrypt hash as *_FILE
+    secrets (n8n >= 2.17), as the shared stack gives them: the owner exists before anyone
+    can call the owner setup, which stays refused."""
+    from infra.secrets import n8n_password_hash
+
+    email, password, key = "owner@example.test", secrets.token_urlsafe(24), secrets.token_hex(16)
+    container = containers.run(
+        standin("n8n"),
+        environment={
+            "N8N_ENCRYPTION_KEY_FILE": "/run/secrets/n8n_encryption_key",
+            "N8N_DIAGNOSTICS_ENABLED": "false",
+            "N8N_INSTANCE_OWNER_MANAGED_BY_ENV": "true",
+            "N8N_INSTANCE_OWNER_EMAIL_FILE": "/run/secrets/n8n_owner_email",
+            "N8N_INSTANCE_OWNER_PASSWORD_HASH_FILE": "/run/secrets/n8n_owner_password_hash",
+        },
+        files={
+            "/run/secrets/n8n_encryption_key": secret(key),
+            "/run/secrets/n8n_owner_email": secret(email),
+            "/run/secrets/n8n_owner_password_hash": secret(n8n_password_hash(password, key)),
+        },
+        ports=loopback("5678/tcp"),
+        detach=True,
+    )
+    base = f"http://127.0.0.1:{host_port(container, '5678/tcp')}"
+
+    def settings() -> dict | None:
+        # /healthz answers early; the REST API only once n8n has started (503 before).
+        with urllib.request.urlopen(f"{base}/rest/settings", timeout=10) as response:  # noqa: S310
+            return json.loads(response.read())["data"]
+
+    found = wait_for(
+        settings, timeout=240, what="n8n /rest/settings", container=container, interval=2
+    )
+    assert found["userManagement"]["showSetupOnFirstLoad"] is False
+    intruder = {
+        "email": "x@example.test",
+        "firstName": "X",
+        "lastName": "Y",
+        "password": "Xx1xxxxxx",
+    }
+    status, _ = _post_json(f"{base}/rest/owner/setup", intruder)
+    assert status in (400, 401, 403), status
+    status, login = _post_json(
+        f"{base}/rest/login", {"emailOrLdapLoginId": email, "password": password}
+    )
+    assert status == 200 and login["data"]["role"] == "global:owner", (status, login)
+    status, _ = _post_json(
+        f"{base}/rest/login", {"emailOrLdapLoginId": email, "password": password + "x"}
+    )
+    assert status == 401
+    major, minor = exec_ok(container, ["node", "-p", "process.versions.node"]).split(".")[:2]
+    assert (int(major), int(minor)) >= (22, 16)  # n8n 2.20's engines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import stat
 import subprocess
@@ -368,3 +369,38 @@ def test_store_then_store_again_rewrites_once(settings, values):
     assert "rewritten" in lines[0]
     assert "already holds the new value" in lines[1]
     assert all(pending.new["dev_redis_password"] not in line for line in lines)
+
+
+def test_n8n_password_rolls_only_n8n_with_a_new_owner_hash(settings, values):
+    affected = rotate.affected_secrets(values, ("n8n_password",))
+    assert affected == {"shared": ["n8n_owner_password_hash"]}
+    assert rotate.rolling_services(settings, affected) == ["shared_n8n"]
+
+
+def test_n8n_gets_no_live_change_its_restart_is_the_change(settings, values):
+    services = FakeServices("unused")
+    lines: list[str] = []
+    pending = rotate.begin(settings, "n8n_password", report=lambda _: None)
+    rotate.apply_live(settings, services, pending, report=lines.append)
+    assert services.execs == []
+    assert "shared_n8n restarts" in lines[0]
+
+
+class FakeN8n(FakeServices):
+    """n8n's REST login: 200 for the owner's password, 401 for any other."""
+
+    def _exec(self, service, command, stdin):
+        self.execs.append((service, command, stdin))
+        body = json.loads(stdin)
+        ok = body == {"emailOrLdapLoginId": "owner@example.test", "password": "the-password"}
+        return 0, ("200\n" if ok else "401\n"), ""
+
+
+def test_n8n_password_is_checked_by_a_login_with_the_credentials_on_stdin():
+    services = FakeN8n("unused")
+    assert services.n8n_accepts("owner@example.test", "the-password")
+    assert not services.n8n_accepts("owner@example.test", "another-password")
+    service, command, stdin = services.execs[0]
+    assert service == "shared_n8n" and command[:2] == ["node", "-e"]
+    assert "/rest/login" in command[2]
+    assert not any("the-password" in arg or "owner@" in arg for arg in command)

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 
+import bcrypt
 import pytest
 import yaml
 from passlib.apache import HtpasswdFile
@@ -114,6 +116,32 @@ def test_n8n_key_has_no_trailing_newline(generated):
     assert secrets.render_secret("shared", "n8n_encryption_key", generated) == (
         generated["n8n_encryption_key"].encode()
     )
+
+
+# n8n's own check of N8N_INSTANCE_OWNER_PASSWORD_HASH (owner.instance-settings-loader.ts).
+N8N_BCRYPT = re.compile(r"^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
+
+
+def test_n8n_owner_secrets_are_the_user_and_a_bcrypt_hash_of_the_password(generated):
+    email = secrets.render_secret("shared", "n8n_owner_email", generated)
+    assert email == generated["n8n_user"].encode()  # no newline: n8n reads *_FILE raw
+    digest = secrets.render_secret("shared", "n8n_owner_password_hash", generated)
+    assert N8N_BCRYPT.match(digest.decode())
+    assert bcrypt.checkpw(generated["n8n_password"].encode(), digest)
+    assert not bcrypt.checkpw(b"another password", digest)
+    assert generated["n8n_password"].encode() not in digest
+
+
+def test_n8n_owner_hash_is_the_same_for_the_same_password_and_key():
+    """A redeploy renders the same secret (nothing restarts); another password or another
+    installation's key gives another salt."""
+    first = secrets.n8n_password_hash("pw-1", "key-1")
+    assert secrets.n8n_password_hash("pw-1", "key-1") == first
+    salts = {
+        secrets.n8n_password_hash(password, key)[:29]
+        for password, key in (("pw-1", "key-1"), ("pw-2", "key-1"), ("pw-1", "key-2"))
+    }
+    assert len(salts) == 3
 
 
 @pytest.mark.parametrize("env", list(ENVIRONMENTS))

@@ -33,8 +33,8 @@ DESIGN_RESOURCES = {  # (cpu reservation, cpu limit, memory reservation, memory 
     ("stg", "redis"): ("0.05", "0.20", "64M", "256M"),
     ("prod", "redis"): ("0.10", "0.50", "128M", "512M"),
 }
-GLOBAL_SERVICES = {"alloy", "cadvisor", "node-exporter"}
-MANAGER_ONLY = {"traefik", "runner"}
+GLOBAL_SERVICES = {"alloy", "cadvisor", "node-exporter", "docker-proxy"}
+MANAGER_ONLY = {"traefik", "runner", "docker-proxy"}
 # Images with no tool to run a health check with (scratch) or that carry their own.
 NO_HEALTHCHECK = {"redis-exporter", "runner", "cadvisor"}
 
