@@ -103,7 +103,8 @@ def _word(value: str) -> str:
 
 def pinned_environment(settings: Settings) -> dict[str, str]:
     values = {
-        "ENV_FILE": str(settings.env_file or settings.root / ".env"),
+        # The .env file read at install (none: the defaults, as then).
+        "ENV_FILE": str(settings.env_file or ""),
         "DATA_ROOT": str(settings.data_root),
         "BACKUP_ROOT": str(settings.backups),
         "SECRETS_FILE": str(settings.secrets_file),
