@@ -268,3 +268,59 @@ def test_a_drill_is_due_weekly_and_after_a_failure(settings):
     assert schedule.drill_due(settings, "dev", now + 7 * 86400 - 300)
     records.record_drill(settings, "dev", now + 3600, 30.0, success=False)
     assert schedule.drill_due(settings, "dev", now + 7200)
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def _cli(args, environ, tmp_path, **values):
+    import os
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DOCKER_")}
+    env.update(environ)
+    env.update({"SYSTEMD_UNIT_DIR": str(tmp_path / "units"), **values})
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_dry_run_prints_the_units_and_writes_nothing(environ, tmp_path):
+    result = _cli(["backup.schedule", "--dry-run"], environ, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "OnCalendar=*-*-* 03:00:00 Asia/Seoul" in result.stdout
+    assert "backup.all" in result.stdout and "nothing written" in result.stdout
+    assert not (tmp_path / "units").exists()
+
+
+def test_show_says_not_installed_and_when_it_would_run(environ, tmp_path):
+    result = _cli(["backup.schedule"], environ, tmp_path, BACKUP_SCHEDULE="weekly Sun 04:00")
+    assert result.returncode == 0, result.stderr
+    assert "BACKUP_SCHEDULE=weekly Sun 04:00 in TIMEZONE=Asia/Seoul" in result.stdout
+    assert "next run:" in result.stdout and "not installed" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "values", "expected"),
+    [
+        (
+            ["backup.schedule", "--install"],
+            {"BACKUP_SCHEDULE": "nightly"},
+            "BACKUP_SCHEDULE='nightly'",
+        ),
+        (["backup.schedule"], {"TIMEZONE": "Seoul"}, "TIMEZONE='Seoul'"),
+        (["backup.schedule", "--install", "--remove"], {}, "contradict"),
+        (["backup.drill", "--name=qa"], {}, "unknown environment 'qa'"),
+        (["backup.schedule", "--install"], {}, "DATA_ROOT"),
+    ],
+    ids=["bad-schedule", "bad-zone", "install-and-remove", "unknown-env", "no-data-here"],
+)
+def test_mistakes_are_one_line_and_change_nothing(environ, tmp_path, args, values, expected):
+    result = _cli(args, environ, tmp_path, **values)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "units").exists()
