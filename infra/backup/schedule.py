@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,7 @@ from infra.backup.drill import DrillResult, drill_env
 from infra.backup.manifest import BackupError, Report
 from infra.backup.run import RunResult, run_backup
 from infra.catalog import ENVIRONMENTS, SHARED
+from infra.errors import InfraError
 from infra.settings import Schedule, Settings
 
 # A drill is due once the last is this old: a week, less half a day so that a daily run at a
@@ -268,8 +270,6 @@ def run_all(
 ) -> list[Outcome]:
     """What the timer runs: back up every deployed environment and the shared stack, then
     drill each environment whose drill is due. One failure does not stop the rest."""
-    import time
-
     settings.backup_keep  # noqa: B018 - a malformed BACKUP_KEEP stops the run before it starts
     client = _long_client(settings, client)
     deployed = engine.deployed_stacks(client)
@@ -308,5 +308,7 @@ def run_all(
 
 
 def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, BackupError) or ":" in text else f"{type(exc).__name__}: {text}"
+    """An operator's error as its own line; anything else with its kind (no traceback in the
+    journal, but enough to search for)."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, InfraError) else f"{type(exc).__name__}: {text}"
