@@ -67,6 +67,12 @@ DEFAULTS: dict[str, str | None] = {
     "BACKUP_ROOT": None,  # <repo>/.backups
     # Which backups `invoke backup.*` keeps once a new one is verified (parse_keep); all: every one
     "BACKUP_KEEP": "7d,4w,6m",
+    # When the installed schedule (invoke backup.schedule) backs up, in TIMEZONE (parse_schedule)
+    "BACKUP_SCHEDULE": "daily 03:00",
+    # Where `invoke backup.schedule --install` writes its systemd units
+    "SYSTEMD_UNIT_DIR": "/etc/systemd/system",
+    # The platform's time zone: the backup schedule's and n8n's (GENERIC_TIMEZONE, TZ)
+    "TIMEZONE": "Asia/Seoul",
     # Alert receivers and route timings (infra/alerts/receivers.py); none set: UI only.
     **receivers.DEFAULTS,
     # Every CPU and memory reservation is multiplied by it when a stack is rendered, limits
@@ -120,6 +126,76 @@ def parse_keep(value: str, where: str = "") -> Keep:
     return Keep(**counts)
 
 
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_DAY_NAMES = {
+    name: index
+    for index, full in enumerate(
+        ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+    )
+    for name in (full, full[:3])
+}
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """BACKUP_SCHEDULE: at each of `times` (hour, minute) every day, or only on `weekday`
+    (0 Monday .. 6 Sunday), in the platform's time zone."""
+
+    times: tuple[tuple[int, int], ...]
+    weekday: int | None = None
+
+    def __str__(self) -> str:
+        clocks = ",".join(f"{h:02d}:{m:02d}" for h, m in self.times)
+        if self.weekday is None:
+            return f"daily {clocks}"
+        return f"weekly {_WEEKDAYS[self.weekday]} {clocks}"
+
+
+def parse_schedule(value: str, where: str = "") -> Schedule:
+    """`daily 03:00` (or `daily 03:00,15:00`) or `weekly Sun 03:00`."""
+    words = value.split()
+    bad = SettingsError(
+        f"BACKUP_SCHEDULE={value!r}{where} is not valid: write `daily HH:MM` (e.g. daily 03:00; "
+        "several times: daily 03:00,15:00) or `weekly DAY HH:MM` (e.g. weekly Sun 03:00), "
+        "a 24-hour clock in TIMEZONE."
+    )
+    if len(words) == 2 and words[0].lower() == "daily":
+        weekday, clocks = None, words[1]
+    elif len(words) == 3 and words[0].lower() == "weekly":
+        day = words[1].lower()
+        if day not in _DAY_NAMES:
+            raise bad
+        weekday, clocks = _DAY_NAMES[day], words[2]
+    else:
+        raise bad
+    times = []
+    for clock in clocks.split(","):
+        match = _CLOCK.match(clock)
+        if not match:
+            raise bad
+        times.append((int(match.group(1)), int(match.group(2))))
+    if len(set(times)) != len(times):
+        raise bad
+    return Schedule(tuple(sorted(times)), weekday)
+
+
+def parse_timezone(value: str, where: str = "") -> str:
+    """An IANA time zone name this machine knows (zoneinfo), e.g. Asia/Seoul or UTC."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        if not value or value.startswith(("/", ".")):
+            raise ValueError(value)
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"TIMEZONE={value!r}{where} is not a time zone this machine knows. Write an IANA "
+            "name such as Asia/Seoul, Europe/Berlin or UTC (default Asia/Seoul)."
+        ) from None
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     root: Path
@@ -146,6 +222,21 @@ class Settings:
     def backup_keep(self) -> Keep:
         """BACKUP_KEEP: how many daily, weekly and monthly backups retention keeps."""
         return parse_keep(self.values["BACKUP_KEEP"])
+
+    @property
+    def backup_schedule(self) -> Schedule:
+        """BACKUP_SCHEDULE: when the installed schedule backs up (in `timezone`)."""
+        return parse_schedule(self.values["BACKUP_SCHEDULE"])
+
+    @property
+    def timezone(self) -> str:
+        """TIMEZONE: the platform's time zone (the schedule's, n8n's)."""
+        return parse_timezone(self.values["TIMEZONE"])
+
+    @property
+    def systemd_unit_dir(self) -> Path:
+        """SYSTEMD_UNIT_DIR: where the schedule's systemd units are installed (absolute)."""
+        return _absolute(self.root, self.values["SYSTEMD_UNIT_DIR"])
 
     @property
     def project_name(self) -> str:
@@ -198,6 +289,7 @@ class Settings:
             "SHARED_DOMAIN": self.shared_domain,
             "GITHUB_OWNER": self.get("GITHUB_OWNER"),
             "RUNNER_REPLICAS": str(self.runner_replicas),
+            "TIMEZONE": self.timezone,
             **self.engine_variables(),
         }
 
@@ -329,6 +421,13 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
     _check_advertise_addr(values["SWARM_ADVERTISE_ADDR"], where)
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)
+    parse_schedule(values["BACKUP_SCHEDULE"], where)
+    parse_timezone(values["TIMEZONE"], where)
+    if not values["SYSTEMD_UNIT_DIR"]:
+        raise SettingsError(
+            f"SYSTEMD_UNIT_DIR{where} is empty. Unset it (default /etc/systemd/system) or give "
+            "a directory."
+        )
     receivers.validate(values, where)
     runner.validate(values, where)
     operating.validate(values, where)

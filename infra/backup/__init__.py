@@ -26,11 +26,15 @@ The package, one module per part:
   restore     restore.env
   run         one run of backup.env or backup.shared: the backup, its record, retention
   retention   BACKUP_KEEP: which backups are kept, and pruning the others
-  records     the record of each run that Prometheus reads (node-exporter's textfile collector)
+  records     the record of each run and drill that Prometheus reads (a textfile collector)
+  tables      per-table row counts and checksums, taken in the dump's own snapshot
+  drill       backup.drill: a backup restored into throwaway containers and checked
+  schedule    the systemd timer, and backup.all, the run it starts
 This module is the entry: tasks, and whatever else uses backups, import from `infra.backup`.
 """
 
 from infra.backup.containers import SERVICE_LABEL, running_container
+from infra.backup.drill import DrillFailed, DrillResult, drill_env, newest_backup
 from infra.backup.env import (
     backup_env,
     check_rdb,
@@ -65,7 +69,7 @@ from infra.backup.manifest import (
     validate,
     write_manifest,
 )
-from infra.backup.records import Record, last_records, status_line
+from infra.backup.records import Record, last_drills, last_records, status_line
 from infra.backup.restore import (
     RestoreResult,
     aof_base_files,
@@ -83,6 +87,7 @@ from infra.backup.retention import (
     prune,
 )
 from infra.backup.run import RunResult, run_backup
+from infra.backup.schedule import Outcome, run_all
 from infra.backup.shared import backup_shared, copy_grafana_db, export_buckets
 
 __all__ = [
@@ -96,6 +101,9 @@ __all__ = [
     "TARGETS",
     "BackupError",
     "BackupResult",
+    "DrillFailed",
+    "DrillResult",
+    "Outcome",
     "Entry",
     "PruneResult",
     "Record",
@@ -114,13 +122,16 @@ __all__ = [
     "check_rdb_header",
     "copy_grafana_db",
     "describe",
+    "drill_env",
     "dump_postgres",
     "export_buckets",
     "file_entry",
     "human_size",
     "is_backup_name",
+    "last_drills",
     "last_records",
     "list_dump",
+    "newest_backup",
     "plan_prune",
     "plan_retention",
     "prune",
@@ -128,6 +139,7 @@ __all__ = [
     "refuse_prod_without_yes",
     "restore_env",
     "restore_redis",
+    "run_all",
     "run_backup",
     "running_container",
     "scale",

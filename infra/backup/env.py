@@ -33,6 +33,7 @@ from infra.backup.manifest import (
     validate,
     write_manifest,
 )
+from infra.backup.tables import DUMP_AND_STATS, MARK, TableStats, dump_script, parse_stats
 from infra.catalog import ENVIRONMENTS
 from infra.settings import Settings, check_target
 
@@ -81,6 +82,25 @@ def dump_postgres(client, container, destination: Path) -> None:
             _exec(client, container, _pg("pg_dump", "--format=custom"), stdout=handle),
             f"pg_dump in {container.name}",
         )
+
+
+def dump_postgres_with_stats(client, container, destination: Path) -> TableStats:
+    """pg_dump into `destination`, and each table's rows and checksum in the dump's own
+    snapshot (tables.py): what a restore of this dump must reproduce."""
+    with _private_file(destination) as handle:
+        code, _, err = _exec(
+            client,
+            container,
+            _pg("sh", "-c", DUMP_AND_STATS, "sh", dump_script()),
+            stdout=handle,
+        )
+    text = err.decode(errors="replace")
+    if code != 0:
+        messages = b"\n".join(
+            line for line in err.splitlines() if not line.startswith(MARK.encode())
+        )
+        _check((code, b"", messages), f"pg_dump in {container.name}")
+    return parse_stats(text, marked=True)
 
 
 def list_dump(client, workdir: _ContainerDir, dump: Path) -> list[str]:
@@ -161,8 +181,7 @@ def backup_env(
     try:
         report(f"backup {env}: pg_dump of {env}_postgres")
         dump = partial / POSTGRES_DUMP
-        dump_postgres(client, postgres, dump)
-        tables = table_counts(client, postgres)
+        stats = dump_postgres_with_stats(client, postgres, dump)
         report(f"backup {env}: redis snapshot of {env}_redis")
         rdb = partial / REDIS_RDB
         snapshot_redis(client, redis, rdb)
@@ -183,7 +202,8 @@ def backup_env(
                 "redis": _service_image(client, f"{env}_redis"),
             },
             "postgres": {
-                "tables": tables,
+                "tables": stats.rows,
+                "checksums": stats.checksums,
                 "archive_entries": sum(1 for line in listing if line and not line.startswith(";")),
             },
             "redis": keys,

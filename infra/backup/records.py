@@ -20,7 +20,16 @@ temporary file in the same directory and renamed over the old one. Files are 064
 exporter runs as an unprivileged user. No sample carries a timestamp (the collector refuses
 those) and the help texts never vary between files (it refuses that too).
 
-The records are read again by `invoke status` (last_records), with no Prometheus needed.
+Every drill (`invoke backup.drill`, and the schedule's weekly one) rewrites
+drill_<env>.prom in the same directory, in the same way:
+
+  nextcandle_drill_last_success_timestamp_seconds  when the last drill that passed finished
+  nextcandle_drill_last_run_timestamp_seconds      when the last drill ended, whatever its result
+  nextcandle_drill_last_duration_seconds           how long it took
+  nextcandle_drill_last_result                     1: the backup restored as its manifest says
+
+The records are read again by `invoke status` (last_records, last_drills), with no
+Prometheus needed.
 They are where the run happens: run backups on the manager that holds DATA_ROOT.
 """
 
@@ -54,6 +63,17 @@ HELP = {
     "last_duration_seconds": "Seconds the last backup run took, whatever its result.",
     "last_result": "1 if the last backup run made a verified backup, 0 if it failed.",
 }
+DRILL_PREFIX = "nextcandle_drill_"
+DRILL_HELP = {
+    "last_success_timestamp_seconds": (
+        "Unix time at which the last drill of the environment that passed finished."
+    ),
+    "last_run_timestamp_seconds": "Unix time at which the last drill ended, whatever its result.",
+    "last_duration_seconds": "Seconds the last drill took, whatever its result.",
+    "last_result": (
+        "1 if the last drill restored the newest backup as its manifest says, 0 if it failed."
+    ),
+}
 _SAMPLE = re.compile(r'^(?P<metric>[a-z_]+)\{env="(?P<env>[a-z]+)"\} (?P<value>\S+)$')
 
 
@@ -75,11 +95,15 @@ def path_of(settings: Settings, target: str) -> Path:
     return directory(settings) / f"backup_{target}.prom"
 
 
+def drill_path_of(settings: Settings, env: str) -> Path:
+    return directory(settings) / f"drill_{env}.prom"
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
 
-def render(record: Record) -> str:
+def render(record: Record, prefix: str = PREFIX, help_texts: Mapping[str, str] = HELP) -> str:
     """The file's text: Prometheus' exposition format, no timestamps."""
     values = {
         "last_success_timestamp_seconds": record.last_success,
@@ -89,31 +113,31 @@ def render(record: Record) -> str:
         "last_result": 1 if record.success else 0,
     }
     lines = []
-    for metric, help_text in HELP.items():
+    for metric, help_text in help_texts.items():
         value = values[metric]
         if value is None:
             continue
         lines += [
-            f"# HELP {PREFIX}{metric} {help_text}",
-            f"# TYPE {PREFIX}{metric} gauge",
-            f'{PREFIX}{metric}{{env="{record.target}"}} {_number(value)}',
+            f"# HELP {prefix}{metric} {help_text}",
+            f"# TYPE {prefix}{metric} gauge",
+            f'{prefix}{metric}{{env="{record.target}"}} {_number(value)}',
         ]
     return "\n".join(lines) + "\n"
 
 
-def parse(text: str, target: str) -> Record | None:
+def parse(text: str, target: str, prefix: str = PREFIX) -> Record | None:
     """A record file as render wrote it; None when it holds no complete record of `target`."""
     values: dict[str, float] = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
-        if not match or match["env"] != target or not match["metric"].startswith(PREFIX):
+        if not match or match["env"] != target or not match["metric"].startswith(prefix):
             continue
         try:
             value = float(match["value"])
         except ValueError:
             continue
         if math.isfinite(value):
-            values[match["metric"].removeprefix(PREFIX)] = value
+            values[match["metric"].removeprefix(prefix)] = value
     if not {"last_run_timestamp_seconds", "last_duration_seconds", "last_result"} <= set(values):
         return None
     size = values.get("last_size_bytes")
@@ -135,19 +159,27 @@ def read(settings: Settings, target: str) -> Record | None:
     return parse(text, target)
 
 
-def write(settings: Settings, record: Record) -> Path:
+def read_drill(settings: Settings, env: str) -> Record | None:
+    try:
+        text = drill_path_of(settings, env).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return parse(text, env, DRILL_PREFIX)
+
+
+def write(settings: Settings, record: Record, drill: bool = False) -> Path:
     """Replace the target's record file atomically (temporary file, fsync, rename), 0644."""
     folder = directory(settings)
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     if folder.stat().st_mode & 0o005 != 0o005:  # a umask of 077 made it: node-exporter reads it
         with contextlib.suppress(PermissionError):
             folder.chmod(0o755)
-    final = path_of(settings, record.target)
+    final = (drill_path_of if drill else path_of)(settings, record.target)
     # Not *.prom: node-exporter skips it until it is renamed.
     fd, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(render(record))
+            handle.write(render(record, DRILL_PREFIX, DRILL_HELP) if drill else render(record))
             handle.flush()
             os.fchmod(handle.fileno(), 0o644)
             os.fsync(handle.fileno())
@@ -176,6 +208,19 @@ def record_failure(settings: Settings, target: str, finished: float, duration: f
     if previous is not None:
         record = replace(record, last_success=previous.last_success, size=previous.size)
     return write(settings, record)
+
+
+def record_drill(
+    settings: Settings, env: str, finished: float, duration: float, success: bool
+) -> Path:
+    """A drill's record; a failed one keeps the time of the last drill that passed."""
+    last_success: float | None = finished
+    if not success:
+        previous = read_drill(settings, env)
+        last_success = previous.last_success if previous is not None else None
+    return write(
+        settings, Record(env, finished, duration, success, last_success=last_success), drill=True
+    )
 
 
 # --- for the operator: `invoke status` ---------------------------------------------------
@@ -218,6 +263,36 @@ def status_line(target: str, record: Record | None, now: float) -> str:
     return (
         f"  {target:<8} FAILED  {_when(record.last_run)} ({age(now - record.last_run)} ago); {last}"
     )
+
+
+def drill_status_line(env: str, record: Record | None, now: float) -> str:
+    """One line per environment: the last drill, its age and result."""
+    if record is None:
+        return f"  {env:<8} no drill recorded (invoke backup.drill --name={env})"
+    when = f"{_when(record.last_run)} ({age(now - record.last_run)} ago)"
+    if record.success:
+        return f"  {env:<8} passed  {when}, took {age(record.duration)}"
+    last = (
+        f"last pass {_when(record.last_success)} ({age(now - record.last_success)} ago)"
+        if record.last_success is not None
+        else "never passed"
+    )
+    return f"  {env:<8} FAILED  {when}; {last} (invoke backup.drill --name={env})"
+
+
+def drill_json(record: Record | None) -> dict | None:
+    if record is None:
+        return None
+    return {
+        "result": "passed" if record.success else "failed",
+        "last_run": record.last_run,
+        "duration_seconds": record.duration,
+        "last_success": record.last_success,
+    }
+
+
+def last_drills(settings: Settings, envs: tuple[str, ...]) -> Mapping[str, Record | None]:
+    return {env: read_drill(settings, env) for env in envs}
 
 
 def _command(target: str) -> str:

@@ -80,3 +80,147 @@ def prune(c, name="", dry_run=False, yes=False):
         )
     result = backup.prune(config, name)
     print(f"{len(result.removed)} pruned, {len(result.plan.kept)} kept in {folder}")
+
+
+@task(
+    help={
+        "install": HELP["schedule_install"],
+        "remove": HELP["schedule_remove"],
+        "dry_run": HELP["schedule_dry_run"],
+    },
+    auto_shortflags=False,
+)
+@operator_errors
+def schedule(c, install=False, remove=False, dry_run=False):
+    """Show, install (--install) or remove (--remove) the backup schedule: a systemd timer.
+
+    It runs `invoke backup.all` at BACKUP_SCHEDULE in TIMEZONE on this machine (the swarm
+    manager that holds DATA_ROOT): every deployed environment and the shared stack, and a
+    drill of each environment once a week. --dry-run prints the units and changes nothing."""
+    from infra import backup
+    from infra.backup import schedule as timer
+
+    config = settings()
+    if install and remove:
+        raise backup.BackupError("--install and --remove contradict each other. Give one of them.")
+    service, timer_unit = timer.unit_names(config)
+    directory = config.systemd_unit_dir
+    systemd = timer.is_system_directory(directory) and _systemd_running()
+    if remove:
+        if dry_run:
+            for name in (service, timer_unit):
+                print(f"would remove {directory / name}")
+            return
+        if systemd:
+            c.run(f"systemctl disable --now {timer_unit}", warn=True)
+        removed = timer.remove(config)
+        if systemd:
+            c.run("systemctl daemon-reload")
+        for path in removed:
+            print(f"removed {path}")
+        print("backup schedule removed" if removed else f"no backup schedule in {directory}")
+        return
+    if install or dry_run:
+        units = timer.render_units(config)
+        if dry_run:
+            for name, text in units.items():
+                print(f"--- {directory / name}")
+                print(text, end="")
+            print(
+                "--- then: systemctl daemon-reload && systemctl enable --now "
+                f"{timer_unit}\n(--dry-run: nothing written)"
+            )
+            return
+        for path in timer.install(config):
+            print(f"wrote {path}")
+        if systemd:
+            c.run("systemctl daemon-reload")
+            c.run(f"systemctl enable --now {timer_unit}")
+            print(f"enabled {timer_unit}: it survives a reboot (timers.target)")
+        else:
+            why = (
+                "systemd is not running on this machine"
+                if timer.is_system_directory(directory)
+                else f"{directory} is not systemd's unit directory (SYSTEMD_UNIT_DIR)"
+            )
+            print(
+                f"not enabled: {why}. Where systemd runs: systemctl daemon-reload && "
+                f"systemctl enable --now {timer_unit}"
+            )
+    _show_schedule(config, systemd, c)
+
+
+def _systemd_running() -> bool:
+    from pathlib import Path
+
+    return Path("/run/systemd/system").is_dir()  # as sd_booted(3) tells
+
+
+def _show_schedule(config, systemd: bool, c) -> None:
+    from datetime import UTC, datetime
+
+    from infra.backup import schedule as timer
+
+    state = timer.installed(config)
+    when = timer.next_run(config.backup_schedule, config.timezone, datetime.now(UTC))
+    print(f"BACKUP_SCHEDULE={config.backup_schedule} in TIMEZONE={config.timezone}")
+    for expression in timer.on_calendar(config.backup_schedule, config.timezone):
+        print(f"  OnCalendar={expression}")
+    print(
+        f"  next run: {when:%Y-%m-%d %H:%M %Z} "
+        f"({when.astimezone(UTC):%Y-%m-%d %H:%M} UTC), if installed and enabled"
+    )
+    print("  runs: invoke backup.all (every deployed environment, shared, a weekly drill)")
+    print(f"units in {state.directory}: {state.state}")
+    for path in state.files.values():
+        print(f"  {path}")
+    if state.state == "installed, out of date":
+        print("  the settings changed since: invoke backup.schedule --install")
+    elif state.state == "not installed":
+        print("  install it: invoke backup.schedule --install (--dry-run shows the units)")
+    if systemd and state.state != "not installed":
+        c.run(f"systemctl list-timers --all {timer.unit_names(config)[1]}", warn=True)
+
+
+@task(help={"name": HELP["name"], "from_": HELP["drill_from"]}, auto_shortflags=False)
+@operator_errors
+def drill(c, name="", from_=""):
+    """Prove a backup restores: the newest of an environment into throwaway Postgres and Redis.
+
+    Row counts, per-table checksums and Redis keys must equal the backup's manifest; exit 1
+    naming what differs. Nothing of the environment changes; the containers are removed."""
+    from pathlib import Path
+
+    from infra import backup
+    from infra.backup import records
+
+    check_target(name, tuple(ENVIRONMENTS))
+    result = backup.drill_env(settings(), name, Path(from_) if from_ else None)
+    print(
+        f"drill of {name} passed: {result.source} restores as its manifest says "
+        f"({len(result.tables)} tables, {sum(result.tables.values())} rows, "
+        f"{result.redis_keys} Redis keys) in {records.age(result.duration)}"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"record for Prometheus: {result.record}")
+
+
+@task(name="all")
+@operator_errors
+def all_(c):
+    """What the schedule runs: back up every deployed environment and shared, drill weekly.
+
+    Each backup as backup.env / backup.shared makes it (record, retention); then a drill of
+    each environment whose last drill is a week old or failed. Exit 1 if any of them failed."""
+    from infra import backup
+
+    outcomes = backup.run_all(settings())
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    for outcome in outcomes:
+        print(f"  {outcome.what:<14} {'ok' if outcome.ok else 'FAILED'}  {outcome.detail}")
+    if failed:
+        raise backup.BackupError(
+            f"{len(failed)} of {len(outcomes)} failed ({', '.join(o.what for o in failed)}): "
+            "see the lines above, `invoke status` and the alerts."
+        )

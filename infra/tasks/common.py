@@ -81,6 +81,10 @@ HELP.update(
         "backup_target": f"whose backups: {', '.join(ENVIRONMENTS)}, shared",
         "prune_dry_run": "list every backup with why it is kept, remove nothing",
         "prune_yes": "confirm: remove the backups BACKUP_KEEP no longer keeps",
+        "schedule_install": "write the systemd timer and service (SYSTEMD_UNIT_DIR) and enable it",
+        "schedule_remove": "disable and remove the systemd timer and service",
+        "schedule_dry_run": "print the units --install would write, and change nothing",
+        "drill_from": "drill this backup directory instead of the environment's newest",
     }
 )
 

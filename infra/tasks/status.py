@@ -11,8 +11,12 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def status(c, verbose=False, json_=False):
     """Show every stack's services (replicas, health, update state, image, ports), the
-    nodes, the alerts that fire now and the last backup of each environment."""
+    nodes, the alerts that fire now and the last backup and drill of each environment."""
+    import time
+
     from infra import backup, engine, report
+    from infra.backup import records
+    from infra.catalog import ENVIRONMENTS
 
     config = settings()
     client = engine.connect(config.docker_host)
@@ -21,14 +25,23 @@ def status(c, verbose=False, json_=False):
     alerts, alert_lines = report.alert_summary(client)
     backups, backup_lines = report.backup_summary(backup.last_records(config, backup.TARGETS))
     node_rows, node_lines = report.node_summary(client)
+    drills = backup.last_drills(config, tuple(ENVIRONMENTS))
+    now = time.time()
+    drill_lines = ["drills (last run):"]
+    drill_lines += [records.drill_status_line(env, record, now) for env, record in drills.items()]
     if json_:
-        document = {"stacks": rows, "alerts": alerts, "backups": backups, "nodes": node_rows}
+        drill_rows = {env: records.drill_json(record) for env, record in drills.items()}
+        document = {
+            "stacks": rows, "alerts": alerts, "backups": backups, "drills": drill_rows,
+            "nodes": node_rows,
+        }  # fmt: skip
         print(json.dumps(document, indent=2))
         return
     print(text)
     print("\n".join(node_lines))
     print("\n".join(alert_lines))
     print("\n".join(backup_lines))
+    print("\n".join(drill_lines))
     if verbose:
         print(f"data ({config.data_root}):")
         print("\n".join(report.disk_usage(config.data_root)))
