@@ -55,5 +55,14 @@ HELP.update(
         "backup_target": f"whose backups: {', '.join(ENVIRONMENTS)}, shared",
         "prune_dry_run": "list every backup with why it is kept, remove nothing",
         "prune_yes": "confirm: remove the backups BACKUP_KEEP no longer keeps",
+        "upload_from": "the backup directory to copy off-site, as `invoke backup.*` printed it",
+        "restore_from": (
+            "the backup to restore: a directory `invoke backup.*` printed, or the "
+            "s3://BUCKET/<target>/<time> address of its off-site copy"
+        ),
+        "shared_from": "the backup directory to restore, as `invoke backup.shared` printed it",
+        "shared_yes": (
+            "confirm: the objects, Grafana's and n8n's data are replaced (Grafana and n8n stop)"
+        ),
     }
 )
