@@ -24,7 +24,7 @@ The package, one module per part:
   env         backup.env: Postgres and Redis
   shared      backup.shared: the object store's buckets, Grafana's and n8n's data
   restore     restore.env
-  restore_shared  restore.shared
+  shared_restore  restore.shared
   offsite     the off-site copy of each backup (BACKUP_S3_*), and bringing one back
   run         one run of backup.env or backup.shared: the backup, its record, retention
   retention   BACKUP_KEEP: which backups are kept, and pruning the others
@@ -77,7 +77,6 @@ from infra.backup.restore import (
     restore_redis,
     scale,
 )
-from infra.backup.restore_shared import SharedRestoreResult, restore_shared
 from infra.backup.retention import (
     TARGETS,
     Entry,
@@ -89,6 +88,7 @@ from infra.backup.retention import (
 )
 from infra.backup.run import RunResult, run_backup
 from infra.backup.shared import DATA_PARTS, backup_shared, copy_data_directory, export_buckets
+from infra.backup.shared_restore import SharedRestoreResult, restore_shared
 
 __all__ = [
     "BACKUP_NAME",

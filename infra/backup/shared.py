@@ -142,9 +142,7 @@ def _member_path(name: str) -> PurePosixPath | None:
     directory itself. Raises on a path that would leave it."""
     parts = PurePosixPath(name).parts[1:]
     if any(part in ("..", "") for part in parts) or PurePosixPath(name).is_absolute():
-        raise BackupError(
-            f"the data directory holds a file named {name!r}, which cannot be copied."
-        )
+        raise BackupError(f"the data directory holds {name!r}, a name that cannot be a file path.")
     return PurePosixPath(*parts) if parts else None
 
 
