@@ -28,15 +28,16 @@ import docker
 from docker.errors import NotFound
 
 from infra import converge
-from infra.backup.containers import _check, _ContainerDir, _exec, _long_client, running_container
+from infra.backup.containers import _check, _ContainerDir, _long_client, running_container
 from infra.backup.manifest import BackupError, Report, stamp, validate
 from infra.backup.restore import _wait_no_containers, scale
 from infra.backup.shared import BUCKETS, DATA_PARTS, FILER, _walk, backup_shared
 from infra.catalog import SHARED
 from infra.settings import Settings
 
-# Extended attributes the filer takes back from request headers (as it stored them from S3).
-_HEADER_PREFIXES = ("X-Amz-Meta-", "Seaweed-")
+# Extended attributes the filer takes back from request headers, as it stored them from the
+# S3 request: user metadata (X-Amz-Meta-*), its own pairs, and three plain HTTP headers.
+_HEADER_PREFIXES = ("X-Amz-Meta-", "Seaweed-", "Cache-Control", "Expires", "Content-Disposition")
 
 
 @dataclass
@@ -171,6 +172,14 @@ def _md5(path: Path) -> str:
     return base64.b64encode(digest.digest()).decode()
 
 
+def _exec_as_root(client, container, cmd: list[str]) -> tuple[int, bytes, bytes]:
+    """As containers._exec, as root: the copied-in file is root's (0600), the store's image
+    runs as its own user."""
+    exec_id = client.api.exec_create(container.id, cmd, stdout=True, stderr=True, user="root")["Id"]
+    stdout, stderr = client.api.exec_start(exec_id, demux=True)
+    return client.api.exec_inspect(exec_id)["ExitCode"], stdout or b"", stderr or b""
+
+
 def restore_objects(client, store, source: Path, buckets: dict, report: Report) -> int:
     """Write every object of the backup through the filer, then compare the store's listing
     (MD5, content type, metadata) with the backup's."""
@@ -184,7 +193,7 @@ def restore_objects(client, store, source: Path, buckets: dict, report: Report) 
                     command += ["--header", header]
                 url = FILER + urllib.parse.quote(_object_path(bucket, key))
                 _check(
-                    _exec(client, store, [*command, "--post-file", inside, url]),
+                    _exec_as_root(client, store, [*command, "--post-file", inside, url]),
                     f"writing object {bucket}/{key} back into the object store",
                 )
                 count += 1
