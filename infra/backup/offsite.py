@@ -248,6 +248,7 @@ def downloaded(
     """The backup at `url` in a temporary local directory, checked (manifest, sizes, sha256),
     with its manifest; the directory is removed on exit."""
     bucket, prefix = parse_url(url)
+    url = f"{SCHEME}{bucket}/{prefix}"  # one spelling in every message
     source = remote(settings, bucket)
     s3 = _client(source)
     parent = settings.backups

@@ -242,3 +242,49 @@ def test_cli_restore_shared_without_docker_is_one_line(operator_env, tmp_path):
     line = one_line_error(run(["restore.shared", f"--from={directory}", "--yes"], operator_env))
     assert "Docker is not reachable" in line
     assert not (tmp_path / "backups").exists()  # no before-restore backup either
+
+
+def _stored(path, mime="text/csv", **extended):
+    return {"Md5": shared_restore._md5(path), "Mime": mime, "Extended": extended}
+
+
+@pytest.fixture
+def object_file(tmp_path):
+    (tmp_path / "s3" / "files").mkdir(parents=True)
+    (tmp_path / "s3" / "files" / "a.csv").write_bytes(b"day,rows\n")
+    entry = {
+        "file": "s3/files/a.csv",
+        "mime": "text/csv",
+        "extended": {"X-Amz-Meta-Owner": _b64("alice")},
+    }
+    return tmp_path, entry
+
+
+def test_an_object_read_back_as_backed_up_passes(object_file):
+    source, entry = object_file
+    stored = _stored(source / entry["file"], **{"X-Amz-Meta-Owner": _b64("alice")})
+    shared_restore._compare("files", "a.csv", entry, stored, source)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"Md5": "AAAAAAAAAAAAAAAAAAAAAA=="}, "other bytes"),
+        ({"Mime": "text/plain"}, "content type 'text/plain'"),
+        ({"Extended": {"X-Amz-Meta-Owner": _b64("bob")}}, "other metadata"),
+        ({"Extended": {}}, "other metadata"),
+    ],
+    ids=["bytes", "content-type", "metadata-value", "metadata-missing"],
+)
+def test_an_object_read_back_otherwise_is_refused(object_file, change, words):
+    source, entry = object_file
+    stored = {**_stored(source / entry["file"], **{"X-Amz-Meta-Owner": _b64("alice")}), **change}
+    with pytest.raises(BackupError, match=None) as raised:
+        shared_restore._compare("files", "a.csv", entry, stored, source)
+    assert words in str(raised.value) and "files/a.csv" in str(raised.value)
+
+
+def test_an_object_missing_after_it_was_written_is_refused(object_file):
+    source, entry = object_file
+    with pytest.raises(BackupError, match="not in the store"):
+        shared_restore._compare("files", "a.csv", entry, None, source)
