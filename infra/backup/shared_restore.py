@@ -4,10 +4,11 @@ metadata, and Grafana's and n8n's data directories.
 Everything is checked before anything changes: the backup (manifest, sizes, sha256), --yes,
 the services it needs, and that the data directories are on this machine. Then the shared
 stack's current data is saved as a backup of its own (<time>-before-restore), and:
-- each object is written back through SeaweedFS's filer inside its container, with its
-  content type and its extended attributes (S3 user metadata, X-Amz-Meta-*) as the request's
-  headers, then read back from the filer's listing: MD5, content type and metadata must
-  equal the backup's. Objects that are in the store but not in the backup stay;
+- each object is written back through SeaweedFS's filer inside its container (a
+  multipart/form-data POST, whose part carries the content type), with its extended
+  attributes (S3 user metadata, X-Amz-Meta-*) as the request's headers, then read back from
+  the filer's listing: MD5, content type and metadata must equal the backup's. Objects that
+  are in the store but not in the backup stay;
 - Grafana and n8n are stopped (scaled to 0: both keep SQLite databases open), their data
   directories moved aside to DATA_ROOT/shared/<service>.before-restore-<time>/, the backup's
   files put in their place with the modes and owners the backup recorded, and the services
@@ -19,7 +20,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 import shutil
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -156,7 +159,8 @@ def _decoded(value: str) -> str:
 
 
 def _headers(entry: dict) -> list[str]:
-    headers = [f"Content-Type: {entry.get('mime') or 'application/octet-stream'}"]
+    """The object's metadata as request headers (its content type travels in the body)."""
+    headers = []
     for name, value in sorted((entry.get("extended") or {}).items()):
         if name.startswith(_HEADER_PREFIXES):
             text = _decoded(value)
@@ -180,15 +184,46 @@ def _exec_as_root(client, container, cmd: list[str]) -> tuple[int, bytes, bytes]
     return client.api.exec_inspect(exec_id)["ExitCode"], stdout or b"", stderr or b""
 
 
+def multipart_body(source: Path, mime: str, destination: Path) -> str:
+    """The object as the one part of a multipart/form-data body, in `destination`; returns
+    the request's Content-Type. The filer takes the part's Content-Type as the object's (a
+    plain POST body is refused, and busybox's wget, the one client in the image, cannot PUT).
+    No file name: the object's path is the request's URL."""
+    while True:
+        boundary = f"nextcandle-{secrets.token_hex(16)}"
+        marker, tail, clash = boundary.encode(), b"", False
+        with source.open("rb") as data, destination.open("wb") as body:
+            body.write(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n'
+                f"Content-Type: {mime or 'application/octet-stream'}\r\n\r\n".encode()
+            )
+            for chunk in iter(lambda: data.read(1024 * 1024), b""):
+                clash = clash or marker in tail + chunk
+                tail = chunk[-len(marker) :]
+                body.write(chunk)
+            body.write(f"\r\n--{boundary}--\r\n".encode())
+        if not clash:
+            return f"multipart/form-data; boundary={boundary}"
+
+
 def restore_objects(client, store, source: Path, buckets: dict, report: Report) -> int:
     """Write every object of the backup through the filer, then compare the store's listing
     (MD5, content type, metadata) with the backup's."""
     count = 0
-    with _ContainerDir(client, store) as workdir:
+    with _ContainerDir(client, store) as workdir, tempfile.TemporaryDirectory() as scratch:
+        body = Path(scratch) / "object"
         for bucket, info in sorted(buckets.items()):
             for key, entry in sorted(info["objects"].items()):
-                inside = workdir.put(source / entry["file"], "object")
-                command = ["wget", "-q", "-O", "/dev/null"]
+                content_type = multipart_body(source / entry["file"], entry.get("mime", ""), body)
+                inside = workdir.put(body, "object")
+                command = [
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
+                    "--header",
+                    f"Content-Type: {content_type}",
+                ]
                 for header in _headers(entry):
                     command += ["--header", header]
                 url = FILER + urllib.parse.quote(_object_path(bucket, key))
@@ -196,6 +231,7 @@ def restore_objects(client, store, source: Path, buckets: dict, report: Report) 
                     _exec_as_root(client, store, [*command, "--post-file", inside, url]),
                     f"writing object {bucket}/{key} back into the object store",
                 )
+                body.unlink()
                 count += 1
             report(f"restore shared: bucket {bucket}, {len(info['objects'])} objects written")
     for bucket, info in sorted(buckets.items()):

@@ -5,6 +5,8 @@ entries written back, object metadata as headers, and the CLI's refusals."""
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import io
 import json
 import os
@@ -167,17 +169,30 @@ def test_an_objects_type_and_user_metadata_become_the_filers_headers():
         "mime": "text/csv",
         "extended": {"X-Amz-Meta-Owner": _b64("alice"), "X-Amz-Meta-Run": _b64("42")},
     }
-    assert shared_restore._headers(entry) == [
-        "Content-Type: text/csv",
-        "X-Amz-Meta-Owner: alice",
-        "X-Amz-Meta-Run: 42",
-    ]
+    assert shared_restore._headers(entry) == ["X-Amz-Meta-Owner: alice", "X-Amz-Meta-Run: 42"]
 
 
-def test_an_object_without_a_type_is_sent_as_bytes():
-    assert shared_restore._headers({"mime": "", "extended": {}}) == [
-        "Content-Type: application/octet-stream"
-    ]
+def test_an_object_travels_as_the_one_part_of_a_multipart_body(tmp_path):
+    """Parsed back as the filer parses it (email's MIME parser standing in for Go's)."""
+    source = tmp_path / "object"
+    source.write_bytes(b"day,rows\r\n1,250\r\n")
+    body = tmp_path / "body"
+    content_type = shared_restore.multipart_body(source, "text/csv", body)
+    message = email.message_from_bytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body.read_bytes(),
+        policy=email.policy.HTTP,
+    )
+    (part,) = message.iter_parts()
+    assert part.get_content_type() == "text/csv"
+    assert part.get_payload(decode=True) == source.read_bytes()
+    assert part.get_filename() is None  # the URL names the object
+
+
+def test_an_object_without_a_type_is_sent_as_bytes(tmp_path):
+    source = tmp_path / "object"
+    source.write_bytes(b"")
+    shared_restore.multipart_body(source, "", tmp_path / "body")
+    assert b"Content-Type: application/octet-stream\r\n" in (tmp_path / "body").read_bytes()
 
 
 def test_metadata_with_a_line_break_is_refused():
