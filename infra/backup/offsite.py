@@ -208,6 +208,11 @@ def upload(
     """Copy a verified local backup to s3://BACKUP_S3_BUCKET/<target>/<name>/ and read every
     file back. The local backup is never touched."""
     manifest = validate(backup, "shared" if target == "shared" else "env")
+    if manifest.get("env", target) != target:
+        raise BackupError(
+            f"backup {backup} is a backup of {manifest['env']}, not of {target}. Give "
+            f"--name={manifest['env']}."
+        )
     destination = remote_ or remote(settings)
     prefix = f"{target}/{backup.name}"
     url = destination.url(prefix + "/")

@@ -229,3 +229,10 @@ def test_cli_upload_of_a_damaged_backup_is_refused_before_any_upload(operator_en
     env = {**operator_env, "BACKUP_S3_BUCKET": "backups"}
     line = one_line_error(run(["backup.upload", "--name=prod", f"--from={directory}"], env))
     assert "redis.rdb is corrupt" in line
+
+
+def test_cli_upload_under_another_environments_name_is_refused(operator_env, tmp_path):
+    directory = make_backup(tmp_path / "b")  # a backup of prod
+    env = {**operator_env, "BACKUP_S3_BUCKET": "backups"}
+    line = one_line_error(run(["backup.upload", "--name=stg", f"--from={directory}"], env))
+    assert "is a backup of prod, not of stg" in line and "--name=prod" in line
