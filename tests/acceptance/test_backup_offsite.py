@@ -197,12 +197,14 @@ def offsite_round_trip(platform, remote, tmp_path_factory):
 
     elsewhere = tmp_path_factory.mktemp("moved-away") / local.name
     shutil.move(local, elsewhere)  # the restore can only come from the bucket
+    stg_data = platform.settings.data_root / "stg"
+    before = set(stg_data.iterdir())
     restored = platform.invoke(
         "restore.env", "--name=stg", f"--from={url.rstrip('/')}", **remote.settings(root)
     )
     assert restored.returncode == 0, restored.stdout + restored.stderr
     print(made.stdout, restored.stdout, sep="\n")
-    return {
+    yield {
         "root": root,
         "url": url,
         "name": local.name,
@@ -212,6 +214,15 @@ def offsite_round_trip(platform, remote, tmp_path_factory):
         "restore_output": restored.stdout,
         "prod_tables": table_state(platform, "prod"),
     }
+    _remove_moved_aside(set(stg_data.iterdir()) - before)
+
+
+def _remove_moved_aside(paths) -> None:
+    """The data a restore moved aside, which the operator would remove: other modules count
+    the moved-aside directories of their own restores in the same DATA_ROOT."""
+    for path in paths:
+        if ".before-restore-" in path.name:
+            shutil.rmtree(path)
 
 
 def test_every_file_of_the_backup_is_in_the_bucket_with_its_checksum(offsite_round_trip):
@@ -396,11 +407,12 @@ def shared_round_trip(platform, tmp_path_factory):
     assert changed != before
 
     refused = platform.invoke("restore.shared", f"--from={source}", BACKUP_ROOT=str(root))
+    shared_data = set(n8n_data.parent.iterdir())
     after_refusal = _object_state(s3, bucket), sorted((root / "shared").iterdir())
     restored = platform.invoke("restore.shared", f"--from={source}", "--yes", BACKUP_ROOT=str(root))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     print(made.stdout, restored.stdout, sep="\n")
-    return {
+    yield {
         "bucket": bucket,
         "before": before,
         "changed": changed,
@@ -412,6 +424,7 @@ def shared_round_trip(platform, tmp_path_factory):
         "after_refusal": after_refusal,
         "restore_output": restored.stdout,
     }
+    _remove_moved_aside(set(n8n_data.parent.iterdir()) - shared_data)
 
 
 def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_trip):
