@@ -425,6 +425,7 @@ def shared_round_trip(platform, tmp_path_factory):
         "restore_output": restored.stdout,
     }
     _remove_moved_aside(set(n8n_data.parent.iterdir()) - shared_data)
+    (n8n_data / PROBE).unlink(missing_ok=True)
 
 
 def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_trip):
