@@ -18,6 +18,7 @@ stack's current data is saved as a backup of its own (<time>-before-restore), an
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import secrets
@@ -186,21 +187,28 @@ def _exec_as_root(client, container, cmd: list[str]) -> tuple[int, bytes, bytes]
 
 def multipart_body(source: Path, mime: str, destination: Path) -> str:
     """The object as the one part of a multipart/form-data body, in `destination`; returns
-    the request's Content-Type. The filer takes the part's Content-Type as the object's (a
-    plain POST body is refused, and busybox's wget, the one client in the image, cannot PUT).
-    No file name: the object's path is the request's URL."""
+    the request's Content-Type.
+
+    The filer takes the part's Content-Type as the object's (it refuses a plain POST body,
+    and busybox's wget, the one HTTP client in the image, cannot PUT). wget sends its
+    --post-file as a C string, cut at the first NUL byte, so the part is quoted-printable
+    (no NUL, no line break but soft ones), which Go's multipart reader decodes on the way
+    in. No file name: the object's path is the request's URL."""
     while True:
         boundary = f"nextcandle-{secrets.token_hex(16)}"
-        marker, tail, clash = boundary.encode(), b"", False
+        marker, clash = boundary.encode(), False
         with source.open("rb") as data, destination.open("wb") as body:
             body.write(
                 f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n'
-                f"Content-Type: {mime or 'application/octet-stream'}\r\n\r\n".encode()
+                f"Content-Type: {mime or 'application/octet-stream'}\r\n"
+                "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode()
             )
-            for chunk in iter(lambda: data.read(1024 * 1024), b""):
-                clash = clash or marker in tail + chunk
-                tail = chunk[-len(marker) :]
-                body.write(chunk)
+            first = True
+            for chunk in iter(lambda: data.read(57 * 1024), b""):
+                encoded = binascii.b2a_qp(chunk, quotetabs=True, istext=False, header=False)
+                clash = clash or marker in encoded
+                body.write((b"" if first else b"=\n") + encoded)  # a soft break between
+                first = False
             body.write(f"\r\n--{boundary}--\r\n".encode())
         if not clash:
             return f"multipart/form-data; boundary={boundary}"

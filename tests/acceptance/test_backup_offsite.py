@@ -39,6 +39,7 @@ import requests
 import yaml
 from botocore.client import Config
 
+from infra import secrets
 from tests.acceptance.dind import LABEL
 from tests.acceptance.test_backup import PROD_KEYS, _seed_prod, redis_state, table_state
 
@@ -102,6 +103,7 @@ def remote(platform, tmp_path_factory):
         "backup_s3_secret_key": random_tokens.token_urlsafe(30),
     }
     workdir = tmp_path_factory.mktemp("offsite")
+    secrets.generate(platform.settings)  # as the first deploy would; nothing if it exists
     secrets_file = workdir / "secrets.yml"
     secrets_file.write_text(platform.settings.secrets_file.read_text() + yaml.safe_dump(keys))
     secrets_file.chmod(0o600)

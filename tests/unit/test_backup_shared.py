@@ -172,10 +172,20 @@ def test_an_objects_type_and_user_metadata_become_the_filers_headers():
     assert shared_restore._headers(entry) == ["X-Amz-Meta-Owner: alice", "X-Amz-Meta-Run: 42"]
 
 
-def test_an_object_travels_as_the_one_part_of_a_multipart_body(tmp_path):
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"day,rows\r\n1,250\r\n",
+        bytes(range(256)) * 700,  # NUL bytes, line breaks, more than one chunk
+        b"trailing spaces and tabs \t \n",
+        b"",
+    ],
+    ids=["text", "binary", "whitespace", "empty"],
+)
+def test_an_object_travels_as_the_one_part_of_a_multipart_body(tmp_path, content):
     """Parsed back as the filer parses it (email's MIME parser standing in for Go's)."""
     source = tmp_path / "object"
-    source.write_bytes(b"day,rows\r\n1,250\r\n")
+    source.write_bytes(content)
     body = tmp_path / "body"
     content_type = shared_restore.multipart_body(source, "text/csv", body)
     message = email.message_from_bytes(
@@ -184,8 +194,9 @@ def test_an_object_travels_as_the_one_part_of_a_multipart_body(tmp_path):
     )
     (part,) = message.iter_parts()
     assert part.get_content_type() == "text/csv"
-    assert part.get_payload(decode=True) == source.read_bytes()
+    assert part.get_payload(decode=True) == content
     assert part.get_filename() is None  # the URL names the object
+    assert b"\x00" not in body.read_bytes()  # busybox's wget stops at a NUL
 
 
 def test_an_object_without_a_type_is_sent_as_bytes(tmp_path):
