@@ -188,9 +188,12 @@ def _check_sqlite(destination: Path, entries: dict[str, dict]) -> dict[str, str]
                 continue
         # A -shm copied from a running process may not match its -wal: SQLite rebuilds it.
         path.with_name(path.name + "-shm").unlink(missing_ok=True)
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            results[key] = db.execute("PRAGMA integrity_check").fetchone()[0]
+        try:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                results[key] = db.execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:  # too damaged to open: as a failed check
+            results[key] = str(exc)
         for suffix in ("-wal", "-shm", "-journal"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
             entries.pop(key + suffix, None)

@@ -120,11 +120,13 @@ def test_a_damaged_database_fails_its_check(tmp_path):
     data[page + 100 : page + 400] = os.urandom(300)
     path.write_bytes(bytes(data))
     entries = {"grafana.db": {"type": "file", "mode": 0o640, "uid": 472, "gid": 0}}
-    try:
-        results = shared._check_sqlite(tmp_path, entries)
-    except sqlite3.DatabaseError:
-        return  # so damaged that SQLite refuses it outright: as good as a failed check
-    assert results["grafana.db"] != "ok"
+    assert shared._check_sqlite(tmp_path, entries)["grafana.db"] != "ok"
+
+
+def test_a_database_too_damaged_to_open_fails_its_check(tmp_path):
+    (tmp_path / "grafana.db").write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+    entries = {"grafana.db": {"type": "file", "mode": 0o640, "uid": 472, "gid": 0}}
+    assert shared._check_sqlite(tmp_path, entries)["grafana.db"] != "ok"
 
 
 def test_files_that_are_not_databases_are_left_alone(tmp_path):
