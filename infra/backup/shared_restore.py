@@ -274,7 +274,11 @@ def _compare(bucket: str, key: str, backed_up: dict, stored: dict | None, source
         if name.startswith(_HEADER_PREFIXES)
     }
     if got != wanted:
-        raise BackupError(f"{what} has other metadata than the backup after it was written.")
+        differ = sorted(name for name in {*got, *wanted} if got.get(name) != wanted.get(name))
+        raise BackupError(
+            f"{what} has other metadata than the backup after it was written "
+            f"({', '.join(differ)})."
+        )
 
 
 # --- Grafana's and n8n's data ------------------------------------------------------------
