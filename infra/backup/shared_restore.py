@@ -276,8 +276,7 @@ def _compare(bucket: str, key: str, backed_up: dict, stored: dict | None, source
     if got != wanted:
         differ = sorted(name for name in {*got, *wanted} if got.get(name) != wanted.get(name))
         raise BackupError(
-            f"{what} has other metadata than the backup after it was written "
-            f"({', '.join(differ)})."
+            f"{what} has other metadata than the backup after it was written ({', '.join(differ)})."
         )
 
 
