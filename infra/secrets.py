@@ -113,6 +113,14 @@ def _schema() -> tuple[SecretKey, ...]:
 SCHEMA: tuple[SecretKey, ...] = _schema()
 SCHEMA_KEYS = tuple(key.name for key in SCHEMA)
 
+# Keys the operator adds to secrets.yml by hand when a feature needs them: never generated,
+# never rotated, absent unless given. Each is a credential someone else issued (a bucket's
+# access key at an S3 provider), which no random value can replace.
+OPERATOR_KEYS: dict[str, str] = {
+    "backup_s3_access_key": "access key id of the off-site backup bucket (BACKUP_S3_BUCKET)",
+    "backup_s3_secret_key": "secret key of the off-site backup bucket (BACKUP_S3_BUCKET)",
+}
+
 
 def generate_values(settings: Settings) -> dict[str, str]:
     values: dict[str, str] = {}
@@ -149,7 +157,8 @@ def generate(settings: Settings) -> bool:
 
 
 def load(settings: Settings) -> dict[str, str]:
-    """Read and validate secrets.yml: a mapping with every schema key, each a non-empty string."""
+    """Read and validate secrets.yml: a mapping with every schema key, each a non-empty string,
+    and any of the operator's keys (OPERATOR_KEYS) that are given."""
     path = settings.secrets_file
     fix = "Restore it from your backup, or move it away and run: invoke secrets.generate"
     if not path.exists():
@@ -178,12 +187,23 @@ def load(settings: Settings) -> dict[str, str]:
             f"{path} has no value for {', '.join(missing)}. Add "
             f"{'it' if len(missing) == 1 else 'them'} (see secrets/secrets.example.yml)."
         )
-    unknown = sorted(map(str, set(data) - set(SCHEMA_KEYS)))
+    unknown = sorted(map(str, set(data) - set(SCHEMA_KEYS) - set(OPERATOR_KEYS)))
     if unknown:
         raise SecretsError(
             f"{path} has unknown keys: {', '.join(unknown)}. Remove them or fix the names."
         )
-    return {key: data[key] for key in SCHEMA_KEYS}
+    empty = [key for key in OPERATOR_KEYS if key in data and not _is_value(data[key])]
+    if empty:
+        raise SecretsError(
+            f"{path}: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty or not a "
+            "string. Give the value your provider issued, in quotes, or remove the line."
+        )
+    given = {key: data[key] for key in OPERATOR_KEYS if key in data}
+    return {**{key: data[key] for key in SCHEMA_KEYS}, **given}
+
+
+def _is_value(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 def _require_file(path: Path) -> None:

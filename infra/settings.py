@@ -64,6 +64,11 @@ DEFAULTS: dict[str, str | None] = {
     # DEV_HOST_PORTS, STG_HOST_PORTS, PROD_HOST_PORTS: on|off, defaults from the catalog
     **{env.host_ports_variable: _on_off(env.host_ports) for env in ENVIRONMENTS.values()},
     "FIREWALL_ALLOW": "",  # networks (CIDRs) `invoke firewall.apply` lets reach the ports
+    # The off-site copy of every verified backup (infra/backup/offsite.py); its keys are
+    # backup_s3_access_key and backup_s3_secret_key in secrets.yml. No bucket: no copy.
+    "BACKUP_S3_BUCKET": "",
+    "BACKUP_S3_ENDPOINT": "",  # e.g. https://s3.example.com; empty: AWS S3 of the region
+    "BACKUP_S3_REGION": "us-east-1",
     "BACKUP_ROOT": None,  # <repo>/.backups
     # Which backups `invoke backup.*` keeps once a new one is verified (parse_keep); all: every one
     "BACKUP_KEEP": "7d,4w,6m",

@@ -3,9 +3,9 @@
 A backup is a directory BACKUP_ROOT/<env or shared>/<UTC time>/ holding its files and a
 manifest.json (what, when, which images, each file's size and sha256, row and key counts).
 It is written into a hidden partial directory, verified (pg_restore --list on the dump,
-redis-check-rdb on the RDB, SQLite's integrity_check on grafana.db, MD5 of every object
-against the object store's own), and only then renamed into place: a backup directory with
-a manifest is always complete. Directories are 0700, files 0600.
+redis-check-rdb on the RDB, SQLite's integrity_check on Grafana's and n8n's databases, MD5
+of every object against the object store's own), and only then renamed into place: a backup
+directory with a manifest is always complete. Directories are 0700, files 0600.
 
 Postgres and Redis are read and written inside their running task containers through the
 Docker API (exec, put_archive). Credentials are read from /run/secrets inside the container
@@ -22,8 +22,10 @@ The package, one module per part:
   manifest    names, the backup directory, manifest.json and its validation (no daemon)
   containers  commands inside a service's running container (exec, a temporary directory)
   env         backup.env: Postgres and Redis
-  shared      backup.shared: the object store's buckets and Grafana's database
+  shared      backup.shared: the object store's buckets, Grafana's and n8n's data
   restore     restore.env
+  shared_restore  restore.shared
+  offsite     the off-site copy of each backup (BACKUP_S3_*), and bringing one back
   run         one run of backup.env or backup.shared: the backup, its record, retention
   retention   BACKUP_KEEP: which backups are kept, and pruning the others
   records     the record of each run and drill that Prometheus reads (a textfile collector)
@@ -33,6 +35,7 @@ The package, one module per part:
 This module is the entry: tasks, and whatever else uses backups, import from `infra.backup`.
 """
 
+from infra.backup import offsite
 from infra.backup.containers import SERVICE_LABEL, running_container
 from infra.backup.drill import DrillFailed, DrillResult, drill_env, newest_backup
 from infra.backup.env import (
@@ -69,6 +72,7 @@ from infra.backup.manifest import (
     validate,
     write_manifest,
 )
+from infra.backup.offsite import OffsiteCopy, upload
 from infra.backup.records import Record, last_drills, last_records, status_line
 from infra.backup.restore import (
     RestoreResult,
@@ -88,10 +92,12 @@ from infra.backup.retention import (
 )
 from infra.backup.run import RunResult, run_backup
 from infra.backup.schedule import Outcome, run_all
-from infra.backup.shared import backup_shared, copy_grafana_db, export_buckets
+from infra.backup.shared import DATA_PARTS, backup_shared, copy_data_directory, export_buckets
+from infra.backup.shared_restore import SharedRestoreResult, restore_shared
 
 __all__ = [
     "BACKUP_NAME",
+    "DATA_PARTS",
     "FORMAT",
     "GRAFANA_DB",
     "MANIFEST",
@@ -105,12 +111,14 @@ __all__ = [
     "DrillResult",
     "Outcome",
     "Entry",
+    "OffsiteCopy",
     "PruneResult",
     "Record",
     "Report",
     "RestoreResult",
     "RetentionPlan",
     "RunResult",
+    "SharedRestoreResult",
     "_finalise",
     "_partial_dir",
     "aof_base_files",
@@ -120,7 +128,7 @@ __all__ = [
     "check_dump_header",
     "check_rdb",
     "check_rdb_header",
-    "copy_grafana_db",
+    "copy_data_directory",
     "describe",
     "drill_env",
     "dump_postgres",
@@ -130,6 +138,7 @@ __all__ = [
     "is_backup_name",
     "last_drills",
     "last_records",
+    "offsite",
     "list_dump",
     "newest_backup",
     "plan_prune",
@@ -140,6 +149,7 @@ __all__ = [
     "restore_env",
     "restore_redis",
     "run_all",
+    "restore_shared",
     "run_backup",
     "running_container",
     "scale",
@@ -148,6 +158,7 @@ __all__ = [
     "stamp",
     "status_line",
     "table_counts",
+    "upload",
     "validate",
     "write_manifest",
 ]

@@ -4,8 +4,10 @@ make it: the backup, its record for Prometheus, then retention.
 What the operator got wrong (an unknown target, no Docker, not a manager, the target not
 running) stops the run before it starts, changing nothing, with no record. From then on the
 run is recorded whatever happens: a verified backup as a success, anything else as a failure
-(records.py). Once the backup is verified and recorded, BACKUP_KEEP prunes the target's older
-backups, unless the run keeps everything (--keep-all).
+(records.py). Once the backup is verified and recorded, it is copied off-site when
+BACKUP_S3_BUCKET is set (offsite.py; a failed copy ends the run with the local backup kept
+and nothing pruned), then BACKUP_KEEP prunes the target's older backups, unless the run keeps
+everything (--keep-all).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import docker
 
-from infra.backup import records, retention
+from infra.backup import offsite, records, retention
 from infra.backup.containers import _long_client, running_container
 from infra.backup.env import backup_env
 from infra.backup.manifest import BackupError, BackupResult, Report, describe
@@ -33,6 +35,7 @@ class RunResult:
     backup: BackupResult
     record: Path
     pruned: retention.PruneResult | None  # None: --keep-all
+    offsite: offsite.OffsiteCopy | None = None  # None: no BACKUP_S3_BUCKET
 
 
 def check_backup_root(backups: Path) -> None:
@@ -59,11 +62,12 @@ def run_backup(
     report: Report = print,
     client: docker.DockerClient | None = None,
 ) -> RunResult:
-    """Back up `target` (an environment, or shared), record the run, prune what BACKUP_KEEP
-    no longer keeps."""
+    """Back up `target` (an environment, or shared), record the run, copy it off-site
+    (BACKUP_S3_BUCKET), prune what BACKUP_KEEP no longer keeps."""
     check_target(target, retention.TARGETS)
     keep = settings.backup_keep  # a malformed BACKUP_KEEP stops the run before it starts
     check_backup_root(settings.backups)
+    remote = offsite.remote(settings) if offsite.configured(settings) else None  # likewise
     client = _long_client(settings, client)
     if target == SHARED:
         shared_containers(settings, client)
@@ -101,10 +105,17 @@ def run_backup(
         ) from None
 
     report(f"backup of {target} written and verified: {describe(result)}")
+    copy = None
+    if remote is not None:
+        # Before pruning: while the newest backup has no off-site copy, the older ones stay.
+        try:
+            copy = offsite.upload(settings, target, result.path, report=report, remote_=remote)
+        except BackupError as exc:
+            raise BackupError(f"backup {result.path} is written and verified, but {exc}") from None
     pruned = None
     if not keep_all and not keep.everything:
         try:
             pruned = retention.prune(settings, target, report=report)
         except BackupError as exc:
             raise BackupError(f"backup {result.path} is written and verified, but {exc}") from None
-    return RunResult(target, result, record, pruned)
+    return RunResult(target, result, record, pruned, copy)

@@ -1,8 +1,17 @@
-"""backup.shared: the object store's buckets through its filer, and Grafana's database."""
+"""backup.shared: the object store's buckets through its filer, and Grafana's and n8n's data.
+
+Objects are read through SeaweedFS's filer inside its container; each keeps, in the manifest,
+its content type and its extended attributes (S3 user metadata is X-Amz-Meta-*), what
+restore.shared gives back. Grafana's and n8n's data directories are copied whole from their
+running containers (get_archive), each entry's mode and owner recorded; their SQLite
+databases (grafana.db, n8n's database.sqlite) get their write-ahead log folded in and must
+pass integrity_check, or the copy is taken again.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import shutil
@@ -15,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import docker
+import requests
 
 from infra.backup.containers import _check, _exec, _long_client, _service_image, running_container
 from infra.backup.manifest import (
     FORMAT,
-    GRAFANA_DB,
     BackupError,
     BackupResult,
     Report,
@@ -122,32 +131,99 @@ def export_buckets(client, container, destination: Path, report: Report) -> dict
     return buckets
 
 
-def copy_grafana_db(client, container, destination: Path, attempts: int = 3) -> dict:
-    """grafana.db copied from the running container and checked with integrity_check; a copy
-    taken mid-write fails the check and is taken again."""
-    result = "not checked"
+# Each service whose data directory backup.shared copies whole, and where it is in the image.
+DATA_PARTS = {"grafana": "/var/lib/grafana", "n8n": "/home/node/.n8n"}
+SHARED_PARTS = ("seaweedfs", *DATA_PARTS)
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _member_path(name: str) -> PurePosixPath | None:
+    """A tar member's path below the copied directory (its first component); None for the
+    directory itself. Raises on a path that would leave it."""
+    parts = PurePosixPath(name).parts[1:]
+    if any(part in ("..", "") for part in parts) or PurePosixPath(name).is_absolute():
+        raise BackupError(f"the data directory holds {name!r}, a name that cannot be a file path.")
+    return PurePosixPath(*parts) if parts else None
+
+
+def _extract(stream, destination: Path, directory: str) -> dict[str, dict]:
+    """The directory's tar stream (get_archive) unpacked into `destination`, private; returns
+    each entry's type, mode and owner ("": the directory itself), what a restore gives back."""
+    entries: dict[str, dict] = {}
+    with tempfile.TemporaryFile(dir=destination.parent) as archive:
+        for chunk in stream:
+            archive.write(chunk)
+        archive.seek(0)
+        with tarfile.open(fileobj=archive) as tar:
+            for member in tar:
+                relative = _member_path(member.name)
+                key = relative.as_posix() if relative else ""
+                owner = {"mode": member.mode & 0o7777, "uid": member.uid, "gid": member.gid}
+                if member.isdir():
+                    (destination / key).mkdir(mode=0o700, parents=True, exist_ok=True)
+                    entries[key] = {"type": "dir", **owner}
+                elif member.isfile() and relative is not None:
+                    source = tar.extractfile(member)
+                    if source is None:
+                        raise BackupError(f"{directory}/{key} cannot be read.")
+                    with _private_file(destination / relative) as handle:
+                        shutil.copyfileobj(source, handle)
+                    entries[key] = {"type": "file", **owner}
+                elif member.issym() and relative is not None:
+                    entries[key] = {"type": "link", "target": member.linkname, **owner}
+                # Devices, FIFOs and hard links to them are no data a service keeps.
+    return entries
+
+
+def _check_sqlite(destination: Path, entries: dict[str, dict]) -> dict[str, str]:
+    """Every SQLite database of the copy made self-contained (its write-ahead log folded in,
+    the log and shared-memory files dropped) and checked with integrity_check."""
+    results: dict[str, str] = {}
+    for key, entry in sorted(entries.items()):
+        path = destination / key
+        if entry["type"] != "file" or key.endswith(("-wal", "-shm", "-journal")):
+            continue
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                continue
+        # A -shm copied from a running process may not match its -wal: SQLite rebuilds it.
+        path.with_name(path.name + "-shm").unlink(missing_ok=True)
+        try:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                results[key] = db.execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:  # too damaged to open: as a failed check
+            results[key] = str(exc)
+        for suffix in ("-wal", "-shm", "-journal"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+            entries.pop(key + suffix, None)
+    return results
+
+
+def copy_data_directory(client, container, part: str, destination: Path, attempts: int = 3) -> dict:
+    """A service's data directory copied from its running container into destination/<part>/,
+    its SQLite databases checked with integrity_check; a copy taken mid-write fails the check
+    and is taken again."""
+    directory = DATA_PARTS[part]
+    target = destination / part
+    failed = "not checked"
     for _ in range(attempts):
-        stream, _stat = container.get_archive("/var/lib/grafana/grafana.db")
-        with tempfile.TemporaryFile(dir=destination) as archive:
-            for chunk in stream:
-                archive.write(chunk)
-            archive.seek(0)
-            with tarfile.open(fileobj=archive) as tar:
-                member = tar.extractfile("grafana.db")
-                if member is None:
-                    raise BackupError("grafana.db in shared_grafana is not a file.")
-                local = destination / GRAFANA_DB
-                local.unlink(missing_ok=True)
-                with _private_file(local) as handle:
-                    shutil.copyfileobj(member, handle)
-        with sqlite3.connect(f"file:{local}?mode=ro", uri=True) as db:
-            result = db.execute("PRAGMA integrity_check").fetchone()[0]
-        if result == "ok":
-            return {"integrity_check": result}
-    raise BackupError(f"grafana.db failed SQLite's integrity_check ({result}). Run it again.")
-
-
-SHARED_PARTS = ("seaweedfs", "grafana")
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(mode=0o700)
+        try:
+            stream, _stat = container.get_archive(directory)
+            entries = _extract(stream, target, directory)
+        except (docker.errors.APIError, tarfile.TarError, requests.RequestException) as exc:
+            failed = f"the copy broke off ({' '.join(str(exc).split())[:200]})"
+            continue
+        checks = _check_sqlite(target, entries)
+        bad = {key: result for key, result in checks.items() if result != "ok"}
+        if not bad:
+            return {"directory": directory, "entries": entries, "sqlite": checks}
+        key, result = sorted(bad.items())[0]
+        failed = f"{key} failed SQLite's integrity_check ({result})"
+    shutil.rmtree(target, ignore_errors=True)
+    raise BackupError(f"{part}'s data in {container.name}: {failed}. Run the backup again.")
 
 
 def shared_containers(settings: Settings, client) -> dict[str, object]:
@@ -167,7 +243,7 @@ def shared_containers(settings: Settings, client) -> dict[str, object]:
             found[service] = f"{name} is {why}"
     if all(isinstance(part, str) for part in found.values()):
         raise BackupError(
-            "nothing to back up: neither shared_seaweedfs nor shared_grafana runs. "
+            "nothing to back up: none of shared_seaweedfs, shared_grafana, shared_n8n runs. "
             "Deploy the shared stack (invoke deploy.shared)."
         )
     return found
@@ -177,8 +253,11 @@ def backup_shared(
     settings: Settings,
     report: Report = print,
     client: docker.DockerClient | None = None,
+    label: str = "",
+    note: str = "",
 ) -> BackupResult:
-    """Back up the object store's buckets and Grafana's database into BACKUP_ROOT/shared/."""
+    """Back up the object store's buckets (with each object's content type and metadata) and
+    Grafana's and n8n's data directories into BACKUP_ROOT/shared/<time>/."""
     client = _long_client(settings, client)
     containers = shared_containers(settings, client)
     parent = settings.backups / SHARED
@@ -188,6 +267,7 @@ def backup_shared(
         "format": FORMAT,
         "kind": "shared",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "note": note,
         "images": {},
         "skipped": {},
         "files": {},
@@ -204,13 +284,18 @@ def backup_shared(
             if service == "seaweedfs":
                 manifest["s3"] = {"buckets": export_buckets(client, container, partial, report)}
             else:
-                manifest["grafana"] = copy_grafana_db(client, container, partial)
-                report("backup shared: grafana.db copied and checked")
+                data = copy_data_directory(client, container, service, partial)
+                manifest.setdefault("data", {})[service] = data
+                checked = ", ".join(sorted(data["sqlite"])) or "no SQLite database"
+                report(
+                    f"backup shared: {service}'s data copied ({len(data['entries'])} entries; "
+                    f"integrity_check ok: {checked})"
+                )
         for file in sorted(p for p in partial.rglob("*") if p.is_file()):
             manifest["files"][file.relative_to(partial).as_posix()] = file_entry(file)
         write_manifest(partial, manifest)
         validate(partial, "shared")
-        final = _finalise(partial, parent, "")
+        final = _finalise(partial, parent, label)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

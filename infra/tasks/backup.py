@@ -1,4 +1,7 @@
-"""backup.env, backup.shared, backup.prune: verified backups under BACKUP_ROOT, and retention."""
+"""backup.env, backup.shared, backup.prune, backup.upload: verified backups under BACKUP_ROOT,
+retention, and their off-site copies."""
+
+from pathlib import Path
 
 from invoke import task
 
@@ -10,6 +13,8 @@ from infra.tasks.common import HELP, operator_errors, settings
 def _print_run(result) -> None:
     """After the run's own lines (the backup, then each backup pruned)."""
     print(f"record for Prometheus: {result.record}")
+    if result.offsite is not None:
+        print(f"off-site copy: {result.offsite.url}")
     if result.pruned is None:
         print("retention: nothing pruned (--keep-all or BACKUP_KEEP=all)")
     else:
@@ -36,7 +41,7 @@ def env(c, name="", keep_all=False):
 @task(help={"keep_all": HELP["keep_all"]}, auto_shortflags=False)
 @operator_errors
 def shared(c, keep_all=False):
-    """Back up every object store bucket and Grafana's database, verified; then prune.
+    """Back up every object store bucket, Grafana's and n8n's data, verified; then prune.
 
     Into BACKUP_ROOT/shared/<UTC time>/, a record for Prometheus, then the older backups
     BACKUP_KEEP no longer keeps are removed."""
@@ -224,3 +229,25 @@ def all_(c):
             f"{len(failed)} of {len(outcomes)} failed ({', '.join(o.what for o in failed)}): "
             "see the lines above, `invoke status` and the alerts."
         )
+
+
+@task(
+    help={"name": HELP["backup_target"], "from_": HELP["upload_from"]},
+    auto_shortflags=False,
+)
+@operator_errors
+def upload(c, name="", from_=""):
+    """Copy one verified backup to the off-site bucket (BACKUP_S3_*) and read every file back.
+
+    What every backup run does by itself when BACKUP_S3_BUCKET is set; this is for a copy that
+    failed, or a backup made before the bucket was set."""
+    from infra import backup
+
+    config = settings()
+    check_target(name, backup.TARGETS)
+    if not from_:
+        raise backup.BackupError(
+            f"no backup given. Add --from=PATH (a directory under {config.backups / name})."
+        )
+    copy = backup.upload(config, name, Path(from_).expanduser().resolve())
+    print(f"off-site copy: {copy.url}")

@@ -85,6 +85,15 @@ HELP.update(
         "schedule_remove": "disable and remove the systemd timer and service",
         "schedule_dry_run": "print the units --install would write, and change nothing",
         "drill_from": "drill this backup directory instead of the environment's newest",
+        "upload_from": "the backup directory to copy off-site, as `invoke backup.*` printed it",
+        "restore_from": (
+            "the backup to restore: a directory `invoke backup.*` printed, or the "
+            "s3://BUCKET/<target>/<time> address of its off-site copy"
+        ),
+        "shared_from": "the backup directory to restore, as `invoke backup.shared` printed it",
+        "shared_yes": (
+            "confirm: the objects, Grafana's and n8n's data are replaced (Grafana and n8n stop)"
+        ),
     }
 )
 

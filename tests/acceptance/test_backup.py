@@ -398,10 +398,13 @@ def test_backup_env_records_its_run_and_prunes_what_backup_keep_no_longer_keeps(
 
 def test_a_failed_backup_is_recorded_and_keeps_the_last_success(platform, round_trip, tmp_path):
     previous = record_of(platform, "prod")
-    not_a_directory = tmp_path / "a-file"
-    not_a_directory.write_text("")
+    # BACKUP_ROOT itself is fine (a BACKUP_ROOT inside a file is refused before the run), but
+    # prod's folder in it is a file: the run starts and fails where it writes.
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / "prod").write_text("")
     started = time.time()
-    result = platform.invoke("backup.env", "--name=prod", BACKUP_ROOT=str(not_a_directory))
+    result = platform.invoke("backup.env", "--name=prod", BACKUP_ROOT=str(backups))
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "cannot write backups under" in line, line

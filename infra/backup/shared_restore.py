@@ -1,0 +1,334 @@
+"""restore.shared: put a backup.shared backup back: the objects with their content type and
+metadata, and Grafana's and n8n's data directories.
+
+Everything is checked before anything changes: the backup (manifest, sizes, sha256), --yes,
+the services it needs, and that the data directories are on this machine. Then the shared
+stack's current data is saved as a backup of its own (<time>-before-restore), and:
+- each object is written back through SeaweedFS's filer inside its container (a
+  multipart/form-data POST, whose part carries the content type), with its extended
+  attributes (S3 user metadata, X-Amz-Meta-*) as the request's headers, then read back from
+  the filer's listing: MD5, content type and metadata must equal the backup's. Objects that
+  are in the store but not in the backup stay;
+- Grafana and n8n are stopped (scaled to 0: both keep SQLite databases open), their data
+  directories moved aside to DATA_ROOT/shared/<service>.before-restore-<time>/, the backup's
+  files put in their place with the modes and owners the backup recorded, and the services
+  started again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import shutil
+import tempfile
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import docker
+from docker.errors import NotFound
+
+from infra import converge
+from infra.backup.containers import _check, _ContainerDir, _long_client, running_container
+from infra.backup.manifest import BackupError, Report, stamp, validate
+from infra.backup.restore import _wait_no_containers, scale
+from infra.backup.shared import BUCKETS, DATA_PARTS, FILER, _walk, backup_shared
+from infra.catalog import SHARED
+from infra.settings import Settings
+
+# Extended attributes the filer takes back from request headers, as it stored them from the
+# S3 request: user metadata (X-Amz-Meta-*), its own pairs, and three plain HTTP headers.
+_HEADER_PREFIXES = ("X-Amz-Meta-", "Seaweed-", "Cache-Control", "Expires", "Content-Disposition")
+
+
+@dataclass
+class SharedRestoreResult:
+    source: Path
+    safety_backup: Path
+    buckets: int = 0
+    objects: int = 0
+    directories: list[str] = field(default_factory=list)
+    moved_aside: list[tuple[str, Path]] = field(default_factory=list)
+
+
+def refuse_without_yes(yes: bool, source: Path) -> None:
+    if not yes:
+        raise BackupError(
+            "restoring the shared stack replaces its objects and Grafana's and n8n's data "
+            "(both stop meanwhile). If you mean it, add --yes: "
+            f"invoke restore.shared --from={source} --yes"
+        )
+
+
+def restore_shared(
+    settings: Settings,
+    source: Path,
+    yes: bool = False,
+    report: Report = print,
+    client: docker.DockerClient | None = None,
+    timeout: float = 300,
+) -> SharedRestoreResult:
+    """Replace the shared stack's objects and Grafana's and n8n's data with a backup."""
+    source = source.expanduser().resolve()
+    manifest = validate(source, "shared", settings.backups)
+    refuse_without_yes(yes, source)
+    buckets = (manifest.get("s3") or {}).get("buckets") or {}
+    parts = {
+        part: data for part, data in (manifest.get("data") or {}).items() if part in DATA_PARTS
+    }
+    for name, bucket in buckets.items():
+        for key in bucket["objects"]:
+            _object_path(name, key)  # a damaged manifest stops here, before anything changes
+
+    client = _long_client(settings, client)
+    store = running_container(client, f"{SHARED}_seaweedfs") if buckets else None
+    for part, data in parts.items():
+        _check_part(settings, client, part, data)
+    report(f"restore shared: backup {source} is complete and readable")
+
+    safety = backup_shared(
+        settings,
+        report=report,
+        client=client,
+        label="before-restore",
+        note=f"the shared stack's data before it was restored from {source}",
+    )
+    report(f"restore shared: its current data is saved in {safety.path}")
+    result = SharedRestoreResult(source=source, safety_backup=safety.path)
+
+    if buckets:
+        result.objects = restore_objects(client, store, source, buckets, report)
+        result.buckets = len(buckets)
+    for part, data in parts.items():
+        moved = restore_directory(settings, client, part, source, data, report, timeout)
+        result.directories.append(part)
+        result.moved_aside.append((part, moved))
+    if parts:
+        converge.wait_converged(client, SHARED, changed=set(), timeout=timeout, progress=report)
+    return result
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def _object_path(bucket: str, key: str) -> str:
+    path = PurePosixPath(BUCKETS, bucket, key)
+    if ".." in path.parts or not key or key.startswith("/"):
+        raise BackupError(f"the backup names an object {bucket}/{key} that cannot be restored.")
+    return path.as_posix()
+
+
+def _data_dir(settings: Settings, part: str) -> Path:
+    return settings.data_root / SHARED / part
+
+
+def _check_part(settings: Settings, client, part: str, data: dict) -> None:
+    service = f"{SHARED}_{part}"
+    try:
+        client.services.get(service)
+    except NotFound:
+        raise BackupError(
+            f"the backup holds {part}'s data but {service} is not deployed. Deploy the shared "
+            "stack (invoke deploy.shared), then restore."
+        ) from None
+    directory = _data_dir(settings, part)
+    if not directory.is_dir():
+        raise BackupError(
+            f"{directory} does not exist on this machine. Run the restore on the swarm manager "
+            "that holds DATA_ROOT, with the same DATA_ROOT as the deploy."
+        )
+    owners = {entry["uid"] for entry in data["entries"].values()}
+    if os.geteuid() != 0 and owners - {os.geteuid()}:
+        raise BackupError(
+            f"{part}'s files belong to uid {', '.join(map(str, sorted(owners)))}, which only "
+            "root can give them back. Run the restore as root."
+        )
+
+
+# --- objects -----------------------------------------------------------------------------
+
+
+def _decoded(value: str) -> str:
+    """The filer lists extended attributes base64-encoded (Go's []byte in JSON)."""
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return value
+
+
+def _headers(entry: dict) -> list[str]:
+    """The object's metadata as request headers (its content type travels in the body)."""
+    headers = []
+    for name, value in sorted((entry.get("extended") or {}).items()):
+        if name.startswith(_HEADER_PREFIXES):
+            text = _decoded(value)
+            if "\n" in text or "\r" in text:
+                raise BackupError(f"metadata {name} holds a line break and cannot be restored.")
+            headers.append(f"{name}: {text}")
+    return headers
+
+
+def _md5(path: Path) -> str:
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "md5")  # the store's own checksum, not security
+    return base64.b64encode(digest.digest()).decode()
+
+
+def _exec_as_root(client, container, cmd: list[str]) -> tuple[int, bytes, bytes]:
+    """As containers._exec, as root: the copied-in file is root's (0600), the store's image
+    runs as its own user."""
+    exec_id = client.api.exec_create(container.id, cmd, stdout=True, stderr=True, user="root")["Id"]
+    stdout, stderr = client.api.exec_start(exec_id, demux=True)
+    return client.api.exec_inspect(exec_id)["ExitCode"], stdout or b"", stderr or b""
+
+
+def multipart_body(source: Path, mime: str, destination: Path) -> str:
+    """The object as the one part of a multipart/form-data body, in `destination`; returns
+    the request's Content-Type.
+
+    The filer takes the part's Content-Type as the object's (it refuses a plain POST body,
+    and busybox's wget, the one HTTP client in the image, cannot PUT). wget sends its
+    --post-file as a C string, cut at the first NUL byte, so the part is quoted-printable
+    (no NUL, no line break but soft ones), which Go's multipart reader decodes on the way
+    in. No file name: the object's path is the request's URL."""
+    while True:
+        boundary = f"nextcandle-{secrets.token_hex(16)}"
+        marker, clash = boundary.encode(), False
+        with source.open("rb") as data, destination.open("wb") as body:
+            body.write(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n'
+                f"Content-Type: {mime or 'application/octet-stream'}\r\n"
+                "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode()
+            )
+            first = True
+            for chunk in iter(lambda: data.read(57 * 1024), b""):
+                encoded = binascii.b2a_qp(chunk, quotetabs=True, istext=False, header=False)
+                clash = clash or marker in encoded
+                body.write((b"" if first else b"=\n") + encoded)  # a soft break between
+                first = False
+            body.write(f"\r\n--{boundary}--\r\n".encode())
+        if not clash:
+            return f"multipart/form-data; boundary={boundary}"
+
+
+def restore_objects(client, store, source: Path, buckets: dict, report: Report) -> int:
+    """Write every object of the backup through the filer, then compare the store's listing
+    (MD5, content type, metadata) with the backup's."""
+    count = 0
+    with _ContainerDir(client, store) as workdir, tempfile.TemporaryDirectory() as scratch:
+        body = Path(scratch) / "object"
+        for bucket, info in sorted(buckets.items()):
+            for key, entry in sorted(info["objects"].items()):
+                content_type = multipart_body(source / entry["file"], entry.get("mime", ""), body)
+                inside = workdir.put(body, "object")
+                command = [
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
+                    "--header",
+                    f"Content-Type: {content_type}",
+                ]
+                for header in _headers(entry):
+                    command += ["--header", header]
+                url = FILER + urllib.parse.quote(_object_path(bucket, key))
+                _check(
+                    _exec_as_root(client, store, [*command, "--post-file", inside, url]),
+                    f"writing object {bucket}/{key} back into the object store",
+                )
+                body.unlink()
+                count += 1
+            report(f"restore shared: bucket {bucket}, {len(info['objects'])} objects written")
+    for bucket, info in sorted(buckets.items()):
+        stored = {
+            entry["FullPath"][len(f"{BUCKETS}/{bucket}/") :]: entry
+            for entry in _walk(client, store, f"{BUCKETS}/{bucket}")
+        }
+        for key, entry in sorted(info["objects"].items()):
+            _compare(bucket, key, entry, stored.get(key), source)
+    report(f"restore shared: {count} objects read back: bytes, content type and metadata equal")
+    return count
+
+
+def _compare(bucket: str, key: str, backed_up: dict, stored: dict | None, source: Path) -> None:
+    what = f"restore shared: object {bucket}/{key}"
+    if stored is None:
+        raise BackupError(f"{what} is not in the store after it was written.")
+    if stored.get("Md5") and stored["Md5"] != _md5(source / backed_up["file"]):
+        raise BackupError(f"{what} holds other bytes than the backup after it was written.")
+    if (stored.get("Mime") or "") != (backed_up.get("mime") or ""):
+        raise BackupError(
+            f"{what} has content type {stored.get('Mime')!r}, the backup {backed_up.get('mime')!r}."
+        )
+    wanted = {
+        name: _decoded(value)
+        for name, value in (backed_up.get("extended") or {}).items()
+        if name.startswith(_HEADER_PREFIXES)
+    }
+    got = {
+        name: _decoded(value)
+        for name, value in (stored.get("Extended") or {}).items()
+        if name.startswith(_HEADER_PREFIXES)
+    }
+    if got != wanted:
+        differ = sorted(name for name in {*got, *wanted} if got.get(name) != wanted.get(name))
+        raise BackupError(
+            f"{what} has other metadata than the backup after it was written ({', '.join(differ)})."
+        )
+
+
+# --- Grafana's and n8n's data ------------------------------------------------------------
+
+
+def restore_directory(
+    settings: Settings,
+    client,
+    part: str,
+    source: Path,
+    data: dict,
+    report: Report,
+    timeout: float,
+) -> Path:
+    """Stop the service, move its data directory aside, put the backup's entries in its place
+    with their modes and owners, start it. Returns where the previous data went."""
+    service = f"{SHARED}_{part}"
+    directory = _data_dir(settings, part)
+    moved_aside = directory.with_name(f"{part}.before-restore-{stamp()}")
+    replicas = client.api.inspect_service(service)["Spec"]["Mode"]["Replicated"]["Replicas"]
+    report(f"restore shared: stopping {service}")
+    scale(client, service, 0)
+    try:
+        _wait_no_containers(client, service, timeout)
+        directory.rename(moved_aside)
+        report(f"restore shared: previous {part} data moved to {moved_aside}")
+        _write_entries(directory, source / part, data["entries"])
+    finally:
+        report(f"restore shared: starting {service}")
+        scale(client, service, replicas)
+    return moved_aside
+
+
+def _write_entries(directory: Path, files: Path, entries: dict[str, dict]) -> None:
+    as_root = os.geteuid() == 0
+    directory.mkdir(mode=0o700)
+    # Parents before children; directories get their own mode last (one without write
+    # permission for its owner would refuse its children).
+    order = sorted(entries, key=lambda k: (len(PurePosixPath(k).parts), k))
+    for key in order:
+        entry = entries[key]
+        path = directory / key if key else directory
+        if entry["type"] == "dir":
+            path.mkdir(mode=0o700, exist_ok=True)
+        elif entry["type"] == "file":
+            shutil.copyfile(files / key, path)
+            os.chmod(path, entry["mode"])
+        else:
+            os.symlink(entry["target"], path)
+        if as_root:
+            os.lchown(path, entry["uid"], entry["gid"])
+    for key in reversed(order):
+        if entries[key]["type"] == "dir":
+            os.chmod(directory / key if key else directory, entries[key]["mode"])
