@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from infra.tasks import alerts, backup, deploy, firewall, logs, restore, status, stop, swarm
+from infra.tasks import alerts, app, backup, deploy, firewall, logs, restore, status, stop, swarm
 from infra.tasks import secrets_ as secrets
 
 ns = Collection()
@@ -14,6 +14,7 @@ ns.add_collection(Collection.from_module(firewall), "firewall")
 ns.add_collection(Collection.from_module(backup), "backup")
 ns.add_collection(Collection.from_module(alerts), "alerts")
 ns.add_collection(Collection.from_module(restore), "restore")
+ns.add_collection(Collection.from_module(app), "app")
 ns.add_task(status.status, "status")
 ns.add_task(logs.logs, "logs")
 ns.configure({"run": {"echo": False}})

@@ -55,5 +55,8 @@ HELP.update(
         "backup_target": f"whose backups: {', '.join(ENVIRONMENTS)}, shared",
         "prune_dry_run": "list every backup with why it is kept, remove nothing",
         "prune_yes": "confirm: remove the backups BACKUP_KEEP no longer keeps",
+        "app_file": "the app's compose file (see examples/app/compose.yml)",
+        "app_image": "image reference for ${APP_IMAGE} in the file, e.g. my-app:1.4.2",
+        "app": "the app's name (x-nextcandle: {app: NAME} in its file; see `invoke status`)",
     }
 )
