@@ -117,10 +117,12 @@ def read(path: Path) -> tuple[dict, str]:
 
 
 def app_name(data: dict, path: Path) -> str:
-    """`x-nextcandle: {app: NAME}` at the top of the file, else the file's directory name."""
+    """`x-nextcandle: {app: NAME}` at the top of the file, else the file's directory name
+    made a valid one (as compose makes a project name of it)."""
     extension = data.get(EXTENSION) or {}
     name = str(extension.get("app") or "") if isinstance(extension, dict) else ""
-    name = name or path.resolve().parent.name
+    if not name:
+        name = re.sub(r"[^a-z0-9]+", "-", path.resolve().parent.name.lower()).strip("-")[:31]
     if not _APP_NAME.match(name):
         raise _refuse(
             f"{path}: app name {name!r} is not valid: use lower-case letters, digits and dashes, "

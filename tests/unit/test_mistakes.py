@@ -130,6 +130,38 @@ def data_root_in_a_file(env, tmp):
     env["DATA_ROOT"] = str(tmp / "a-file" / "data")
 
 
+def _app_file(name: str, text: str) -> Scenario:
+    """An app's compose file in the directory the row's command runs in."""
+
+    def scenario(env, tmp):
+        (tmp / name).write_text(text)
+
+    scenario.__name__ = f"app_file_{name.split('.')[0]}"
+    return scenario
+
+
+app_publishes_a_port = _app_file(
+    "ports.yml", "services:\n  web:\n    image: example-app:1.0.0\n    ports: ['8080:80']\n"
+)
+app_mounts_the_docker_socket = _app_file(
+    "socket.yml",
+    "services:\n  web:\n    image: example-app:1.0.0\n"
+    "    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n",
+)
+app_joins_prod = _app_file(
+    "network.yml",
+    "services:\n  web:\n    image: example-app:1.0.0\n    networks: [prod]\n"
+    "networks:\n  prod: {external: true, name: prod_backend}\n",
+)
+app_image_latest = _app_file("latest.yml", "services:\n  web:\n    image: example-app:latest\n")
+app_file_not_compose = _app_file("notes.yml", "- deploy the app\n- then tell the team\n")
+app_routed_elsewhere = _app_file(
+    "route.yml",
+    "services:\n  web:\n    image: example-app:1.0.0\n    x-nextcandle: {port: 8000}\n"
+    "    deploy:\n      labels: ['traefik.http.routers.web.rule=Host(`www.example.com`)']\n",
+)
+
+
 # README row number -> how to set that mistake up (rows needing a swarm: SWARM_SCENARIOS).
 SCENARIOS: dict[int, Scenario] = {
     1: no_setup,
@@ -157,6 +189,12 @@ SCENARIOS: dict[int, Scenario] = {
     27: no_setup,
     28: no_setup,
     29: reservations_scale_word,
+    30: app_publishes_a_port,
+    31: app_mounts_the_docker_socket,
+    32: app_joins_prod,
+    33: app_image_latest,
+    34: app_file_not_compose,
+    35: app_routed_elsewhere,
 }
 
 
