@@ -148,7 +148,8 @@ REFUSALS = {
         "service web joins network internal (a new network of the app's own).",
     ),
     "declared-unused": (
-        "services:\n  web:\n    image: app:1\nnetworks:\n  x: {external: true, name: dev_backend}\n",
+        "services:\n  web:\n    image: app:1\n"
+        "networks:\n  x: {external: true, name: dev_backend}\n",
         "networks: x joins network dev_backend.",
     ),
     "no-tag": (
@@ -424,4 +425,3 @@ def test_app_stop_without_an_app_is_one_line(operator_env, tmp_path):
     result = _invoke(["app.stop", "--name=stg"], operator_env, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no app given. Name it: --app=NAME (see `invoke status`)"
-
