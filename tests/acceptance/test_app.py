@@ -4,7 +4,6 @@ isolated from prod, calm on a second deploy, rolled back from a broken image."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 
 import psycopg
@@ -13,7 +12,7 @@ import pytest
 from infra import engine, report
 from infra.apps import deploy as apps
 from infra.settings import REPO_ROOT
-from tests.acceptance.test_isolation import _kept_inside_the_node, _probe_script, _task_addresses
+from tests.acceptance.test_isolation import _probe_script, _run_probe, _task_addresses
 
 EXAMPLE = REPO_ROOT / "examples" / "app" / "compose.yml"
 STACK = "stg-app-example"
@@ -77,7 +76,14 @@ def app(platform):
     )
     yield platform, image, row, key, lines
     if STACK in engine.deployed_stacks(platform.client):
-        apps.stop(platform.settings, "stg", "example", cleanup=True, report=lambda _: None)
+        apps.stop(
+            platform.settings,
+            "stg",
+            "example",
+            cleanup=True,
+            report=lambda _: None,
+            client=platform.client,
+        )
 
 
 def _answer(platform):
@@ -113,52 +119,35 @@ def test_status_lists_the_app_under_stg(app):
     assert f"{STACK}: app example of stg" in text
 
 
-@contextlib.contextmanager
-def _probe_container(platform, image: str, script: str, networks: list[str]):
-    container = platform.client.containers.create(
-        image,
-        entrypoint=["bash", "-c"],
-        command=[script],
-        network=networks[0],
-        labels={"org.nextcandle.acceptance": "app-probe"},
-    )
-    try:
-        for name in networks[1:]:
-            platform.client.networks.get(name).connect(container)
-        yield container
-    finally:
-        container.remove(force=True)
-
-
 def test_a_probe_on_the_apps_networks_cannot_reach_prods_databases(app):
+    """The probe of test_isolation, run on each network the app's service joins: on
+    stg_backend it reaches stg's databases (the control) and not prod's; on traefik-public
+    it reaches no database at all."""
     platform = app[0]
+    image = platform.require("POSTGRES_IMAGE")  # has pg_isready, getent, bash and timeout
     platform.deploy("prod")
     service = platform.client.services.get(SERVICE)
-    networks = [
+    networks = sorted(
         platform.client.networks.get(attachment["Target"]).name
         for attachment in service.attrs["Spec"]["TaskTemplate"]["Networks"]
-    ]
-    assert sorted(networks) == ["stg_backend", "traefik-public"]
+    )
+    assert networks == ["stg_backend", "traefik-public"]
     addresses = {kind: _task_addresses(platform, f"prod_{kind}") for kind in ("postgres", "redis")}
     assert addresses["postgres"] and addresses["redis"], addresses
     blocked = addresses["postgres"] + addresses["redis"]
     script = _probe_script("stg", "prod", addresses)
-    with (
-        _kept_inside_the_node(platform, blocked),
-        _probe_container(platform, platform.require("POSTGRES_IMAGE"), script, networks) as probe,
-    ):
-        probe.start()
-        probe.wait(timeout=300)
-        output = probe.logs().decode()
-    results = {
-        k: int(v) for k, v in (line.split("=", 1) for line in output.splitlines() if "=" in line)
-    }
-    assert results["own-postgres-answers"] == 0, results  # the control: stg's is reachable
-    assert results["own-redis-answers"] == 0, results
-    assert results["other-postgres-resolves"] != 0, results
-    assert results["other-redis-resolves"] != 0, results
-    reached = [name for name, code in results.items() if "-at-" in name and code == 0]
-    assert not reached, results
+    for network in networks:
+        results = _run_probe(platform, image, script, network, blocked)
+        if network == "stg_backend":
+            assert results["own-postgres-answers"] == 0, results
+            assert results["own-redis-answers"] == 0, results
+        else:
+            assert results["own-postgres-resolves"] != 0, results
+            assert results["own-postgres-answers"] != 0, results
+        assert results["other-postgres-resolves"] != 0, (network, results)
+        assert results["other-redis-resolves"] != 0, (network, results)
+        reached = [name for name, code in results.items() if "-at-" in name and code == 0]
+        assert not reached, (network, results)
 
 
 def test_a_second_deploy_changes_nothing(app):
@@ -192,7 +181,14 @@ def test_a_broken_image_is_rolled_back_and_the_deploy_exits_1_naming_the_service
 
 def test_app_stop_removes_the_app_and_its_secrets(app):
     platform = app[0]
-    apps.stop(platform.settings, "stg", "example", cleanup=True, report=lambda _: None)
+    apps.stop(
+        platform.settings,
+        "stg",
+        "example",
+        cleanup=True,
+        report=lambda _: None,
+        client=platform.client,
+    )
     assert STACK not in engine.deployed_stacks(platform.client)
     assert not [s.name for s in platform.client.secrets.list() if s.name.startswith(f"{STACK}_")]
     assert "stg" in engine.deployed_stacks(platform.client)  # the environment stays
