@@ -113,6 +113,14 @@ def apply(
     return states
 
 
+def stack_to_stop(env: str, app: str) -> str:
+    """The stack of app `app` in `env`, once both names are valid."""
+    check_target(env, tuple(ENVIRONMENTS))
+    if not app:
+        raise SettingsError("no app given. Name it: --app=NAME (see `invoke status`)")
+    return stack_name(env, app)
+
+
 def stop(
     settings: Settings,
     env: str,
@@ -122,12 +130,9 @@ def stop(
     client: docker.DockerClient | None = None,
 ) -> list[str]:
     """Remove an app's stack from `env` (with cleanup its secrets and configs too)."""
-    check_target(env, tuple(ENVIRONMENTS))
-    if not app:
-        raise SettingsError("no app given. Name it: --app=NAME (see `invoke status`)")
+    stack = stack_to_stop(env, app)
     client = client or engine.connect(settings.docker_host)
     engine.require_manager(client)
-    stack = stack_name(env, app)
     apps = deployed_apps(client)
     if stack not in apps:
         here = sorted(name for e, name in apps.values() if e == env)

@@ -31,12 +31,23 @@ def deploy(c, name="", file="", image="", dry_run=False, no_wait=False, timeout=
 
 
 @task(
-    help={"name": HELP["name"], "app": HELP["app"], "cleanup": HELP["cleanup"]},
+    help={
+        "name": HELP["name"],
+        "app": HELP["app"],
+        "cleanup": HELP["cleanup"],
+        "dry_run": HELP["dry_run"],
+    },
     auto_shortflags=False,
 )
 @operator_errors
-def stop(c, name="", app="", cleanup=False):
+def stop(c, name="", app="", cleanup=False, dry_run=False):
     """Stop an application in one environment (its stack; `invoke status` lists them)."""
     from infra.apps import deploy as apps
 
+    if dry_run:
+        stack = apps.stack_to_stop(name, app)
+        print(f"would run: docker stack rm {stack}, then wait until its containers are gone")
+        if cleanup:
+            print(f"would remove {stack}'s secrets and configs that no service uses")
+        return
     apps.stop(settings(), name, app, cleanup=cleanup)

@@ -425,3 +425,17 @@ def test_app_stop_without_an_app_is_one_line(operator_env, tmp_path):
     result = _invoke(["app.stop", "--name=stg"], operator_env, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: no app given. Name it: --app=NAME (see `invoke status`)"
+
+
+def test_app_stop_dry_run_needs_no_daemon(operator_env, tmp_path):
+    result = _invoke(
+        ["app.stop", "--name=stg", "--app=example", "--dry-run"], operator_env, tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "would run: docker stack rm stg-app-example" in result.stdout
+
+
+def test_app_stop_of_an_unknown_environment_is_one_line(operator_env, tmp_path):
+    result = _invoke(["app.stop", "--name=qa", "--app=example"], operator_env, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: unknown environment 'qa'. Valid: dev, stg, prod."
