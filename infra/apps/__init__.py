@@ -2,8 +2,8 @@
 file, checked against what an app may do, filled in with what the platform gives it, and
 deployed through the platform's own render, per-service hash, deploy and wait.
 
-compose: read, render and check the file (the refusals), fill it in; plan: the stack it
-becomes; deploy: apply and stop against the swarm.
+compose: read, render and check the file (the refusals); fill: what the platform adds;
+plan: the stack it becomes; deploy: apply and stop against the swarm.
 """
 
 from infra.apps.compose import APP_LABEL, ENV_LABEL, AppFile, load

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from infra.apps.compose import AppFile, fill
+from infra.apps.compose import AppFile
+from infra.apps.fill import fill
 from infra.errors import SettingsError
 from infra.plan import DockerObject, StackPlan, versioned_name
 from infra.secrets import APP_SECRETS, render_app_secret
