@@ -83,7 +83,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
-        print(f"{self.address_string()} {format % args}", flush=True)
+        if self.path != "/health":  # the health check asks every few seconds
+            print(f"{self.address_string()} {format % args}", flush=True)
 
 
 def main() -> None:
