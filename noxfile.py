@@ -49,6 +49,18 @@ def acceptance(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, default=False)
+def acceptance_nodes(session: nox.Session) -> None:
+    """The swarm tests on three dind nodes: data placed by label, a lost worker survived."""
+    _install(session)
+    default = (
+        "tests/acceptance/test_node_exporter.py",  # every node scraped at its own address
+        "tests/acceptance/test_swarm.py",
+        "--nodes=3",
+    )
+    session.run("pytest", *(session.posargs or default))
+
+
+@nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
     """Print deploy, redeploy and command timings against plain docker, in a dind swarm."""
     _install(session)

@@ -210,6 +210,16 @@ STACKS: dict[str, Stack] = {
 DEPLOY_ALL = (CORE, SHARED, "dev", "stg", "prod")
 STOP_ALL = (RUNNER, "prod", "stg", "dev", SHARED, CORE)
 
+# The node label that says a node holds a target's data (DESIGN decision 10): the stateful
+# services of dev, stg, prod and shared are constrained to `node.labels.<label> == true`.
+DATA_LABEL_PREFIX = "nextcandle.data"
+DATA_TARGETS = (*ENVIRONMENTS, SHARED)
+
+
+def data_label(target: str) -> str:
+    return f"{DATA_LABEL_PREFIX}.{target}"
+
+
 # Owner (uid, gid) each image expects of its bind-mounted data directory, by service name.
 # Images that start as root and fix ownership themselves (postgres, redis) still get their
 # final owner, so a restart never has to chown a large directory.

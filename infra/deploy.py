@@ -8,6 +8,7 @@ converges, report. Everything that can be wrong is checked in `prepare`, before 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,8 +23,8 @@ import docker
 import yaml
 from docker.errors import APIError
 
-from infra import converge, engine, secrets
-from infra.catalog import CORE, RUNNER, STOP_ALL
+from infra import converge, engine, runner, secrets
+from infra.catalog import CORE, DATA_TARGETS, RUNNER, STOP_ALL
 from infra.errors import EngineError, SecretsError, SettingsError
 from infra.plan import (
     HASH_LENGTH,
@@ -37,6 +38,7 @@ from infra.plan import (
     scale_reservations,
 )
 from infra.settings import Settings
+from infra.swarm import datadirs, placement
 from infra.targets import SwarmNode
 
 Report = Callable[[str], None]
@@ -66,17 +68,17 @@ def prepare(
             "CLOUDFLARE_TUNNEL_TOKEN is not set. Put it in .env, or deploy without the "
             "tunnel: --no-tunnel"
         )
+    warnings: list[str] = []
     if RUNNER in targets:
-        missing = [name for name in ("GITHUB_OWNER", "RUNNER_TOKEN") if not settings.get(name)]
-        if missing:
-            raise SettingsError(
-                f"{' and '.join(missing)} not set. Put them in .env for the runner."
-            )
+        warnings += runner.check_deployable(settings.values)
+        if secrets.app_key_file(settings):  # read before anything changes, not at the secret
+            runner.read_private_key(secrets.app_key_file(settings))
     values = None
     if settings.secrets_file.exists():
         values = secrets.with_env_tokens(secrets.load(settings), settings)
     check_data_root(settings.data_root)
-    return plan_deploy(targets, settings, values, tunnel, nodes)
+    plan = plan_deploy(targets, settings, values, tunnel, nodes)
+    return dataclasses.replace(plan, warnings=tuple(warnings))
 
 
 def check_data_root(data_root: Path) -> None:
@@ -93,6 +95,25 @@ def check_data_root(data_root: Path) -> None:
             f"DATA_ROOT {data_root} cannot be written ({existing} is not writable by this user). "
             "Set DATA_ROOT in .env to a writable directory, or fix its permissions."
         )
+
+
+def ensure_data_dirs(client: docker.DockerClient, stack: StackPlan, report: Report) -> list[Path]:
+    """Create the stack's data directories where its data is: here when the labelled node is
+    the engine's own (or the stack has none), else on that node through a one-off job."""
+    node = placement.remote_holder(client, stack.name) if stack.data_dirs else None
+    if node is not None:
+        created = datadirs.create_on_node(
+            client, node, stack.data_dirs, image=stack.variables["POSTGRES_IMAGE"]
+        )
+        for path in created:
+            report(f"data: created {path} on node {placement.hostname(node)}")
+        return [Path(path) for path in created]
+    created = []
+    for directory in stack.data_dirs:
+        if ensure_data_dir(directory):
+            created.append(directory.path)
+            report(f"data: created {directory.path} (owner {directory.uid}:{directory.gid})")
+    return created
 
 
 def ensure_data_dir(directory: DataDir) -> bool:
@@ -158,6 +179,8 @@ def apply(
 ) -> DeployResult:
     """Deploy `target` (and core before it). Raises InfraError with one line on bad input."""
     plan = prepare(settings, target, tunnel)
+    for line in plan.warnings:
+        report(f"warning: {line}")
     if shutil.which("docker") is None:
         raise SettingsError(
             "the docker command is not installed. Install the Docker CLI and retry."
@@ -170,8 +193,11 @@ def apply(
     state, manager = engine.swarm_state(client)
     if state == "active" and not manager:
         engine.require_manager(client)
+    # The stacks with data: each needs the one node labelled as holding it (decision 10).
+    unlabelled = [stack.name for stack in plan.stacks if stack.name in DATA_TARGETS]
     if state == "active":
         check_ports_free(client, plan, settings.docker_host)
+        unlabelled = placement.check(client, unlabelled)
 
     if plan.generate_secrets:
         result.secrets_file_written = secrets.generate(settings)
@@ -180,6 +206,8 @@ def apply(
     result.swarm_initialised = engine.ensure_swarm(client, settings.get("SWARM_ADVERTISE_ADDR"))
     if result.swarm_initialised:
         report("swarm: initialised a single-node swarm")
+    for line in placement.label_only_node(client, unlabelled):
+        report(line)
     # Planned again with the secrets now written and the swarm's nodes (the targets of
     # Prometheus's node-exporter job).
     plan = prepare(settings, target, tunnel, engine.swarm_nodes(client))
@@ -187,10 +215,9 @@ def apply(
         if engine.ensure_network(client, network):
             result.networks_created.append(network)
             report(f"network: created {network}")
-    for directory in plan.data_dirs:
-        if ensure_data_dir(directory):
-            result.dirs_created.append(directory.path)
-            report(f"data: created {directory.path} (owner {directory.uid}:{directory.gid})")
+    for stack in plan.stacks:
+        for path in ensure_data_dirs(client, stack, report):
+            result.dirs_created.append(path)
     deadline = time.monotonic() + timeout
     handed_over_at = time.time()  # the waits read the engine's events from here on
     handed_over: list[tuple[StackPlan, list[str]]] = []
@@ -342,9 +369,10 @@ def sync_secrets(
 
 
 def syncable_targets(settings: Settings) -> tuple[str, ...]:
-    """Stacks whose secrets can be made from what is configured (the runner needs its token)."""
+    """Stacks whose secrets can be made from what is configured (the runner needs its
+    credential)."""
     targets = ("core", "shared", "dev", "stg", "prod")
-    if settings.get("RUNNER_TOKEN"):
+    if runner.registration(settings.values) is not None:
         targets += (RUNNER,)
     return targets
 

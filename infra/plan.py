@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from infra import catalog, targets
+from infra import catalog, runner, targets
 from infra.alerts import config as alerts_config
 from infra.alerts.config import ALERTMANAGER_CONFIG_KEY
 from infra.catalog import CORE, ENVIRONMENTS, NETWORKS, RUNNER, SHARED
@@ -104,6 +104,7 @@ class Plan:
     networks: tuple[str, ...]
     stacks: tuple[StackPlan, ...]
     generate_secrets: bool = False  # secrets.yml is missing and will be written first
+    warnings: tuple[str, ...] = ()  # one line each, shown before the deploy (or its plan)
 
     @property
     def data_dirs(self) -> tuple[DataDir, ...]:
@@ -111,10 +112,15 @@ class Plan:
 
 
 def stack_files(
-    stack: str, tunnel: bool = True, stacks_dir: Path = STACKS_DIR, host_ports: bool = True
+    stack: str,
+    tunnel: bool = True,
+    stacks_dir: Path = STACKS_DIR,
+    host_ports: bool = True,
+    registration: runner.Registration | None = None,
 ) -> tuple[Path, ...]:
     """The compose files of a stack, base file first, overlays after. An environment's port
-    overlays are left out when its host ports are off (<ENV>_HOST_PORTS=off)."""
+    overlays are left out when its host ports are off (<ENV>_HOST_PORTS=off); the runner's
+    overlay is the one of the way it registers (its credential's secret)."""
     if stack == CORE:
         names = ["core.yml"] + (["core.tunnel.yml"] if tunnel else [])
     elif stack in ENVIRONMENTS:
@@ -123,7 +129,9 @@ def stack_files(
         if host_ports:
             names += ["env.postgres-port.yml"]
             names += ["env.redis-port.yml"] if env.redis_port is not None else []
-    elif stack in (SHARED, RUNNER):
+    elif stack == RUNNER:
+        names = [f"{stack}.yml"] + ([registration.overlay] if registration else [])
+    elif stack == SHARED:
         names = [f"{stack}.yml"]
     else:
         raise SettingsError(f"unknown stack {stack!r}. Valid: {', '.join(catalog.STACKS)}.")
@@ -150,6 +158,11 @@ def stack_variables(stack: str, settings: Settings) -> dict[str, str]:
     }
     if stack in ENVIRONMENTS:
         variables.update(ENVIRONMENTS[stack].variables())
+    if stack in catalog.DATA_TARGETS:
+        # Its stateful services run on the node labelled as holding its data (decision 10).
+        variables["DATA_NODE_LABEL"] = catalog.data_label(stack)
+    if stack == RUNNER:
+        variables.update(runner.stack_variables(settings.values))
     return variables
 
 
@@ -237,7 +250,13 @@ def plan_stack(
     """What deploying one stack needs. Without secret values (secrets.yml not yet generated),
     secret names carry a placeholder hash; so do configs generated from the swarm's nodes
     without `nodes` (a plan made without a daemon)."""
-    files = stack_files(stack, tunnel, settings.stacks_dir, host_ports(stack, settings))
+    files = stack_files(
+        stack,
+        tunnel,
+        settings.stacks_dir,
+        host_ports(stack, settings),
+        runner.registration(settings.values) if stack == RUNNER else None,
+    )
     variables = stack_variables(stack, settings)
     secrets: dict[str, DockerObject] = {}
     configs: dict[str, DockerObject] = {}

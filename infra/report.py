@@ -134,6 +134,31 @@ def alert_summary(client: docker.DockerClient) -> tuple[list[dict] | None, list[
     return [api.as_json(a) for a in alerts], api.describe(alerts)
 
 
+def node_summary(client: docker.DockerClient) -> tuple[list[dict], list[str]]:
+    """The swarm's nodes in one line when all are well, else a line per node that is not
+    (down, drained) with the data it holds, and the manager quorum."""
+    from infra.swarm import nodes
+
+    rows, quorum = nodes.rows(client)
+    json_rows = [
+        {
+            "node": r.name, "role": r.role, "manager": r.manager, "state": r.state,
+            "availability": r.availability, "data": list(r.data), "holds": list(r.stateful),
+        }
+        for r in rows
+    ]  # fmt: skip
+    unwell = [r for r in rows if r.state != "ready" or r.availability != "active"]
+    managers = sum(1 for r in rows if r.role == "manager")
+    lines = [
+        f"nodes: {len(rows)} ({managers} manager{'s' if managers != 1 else ''}), "
+        f"{len(rows) - len(unwell)} ready and active; quorum {quorum.describe()}"
+    ]
+    for r in unwell:
+        data = f", holds {', '.join(r.data)} data" if r.data else ""
+        lines.append(f"  node {r.name} ({r.role}) is {r.state}, {r.availability}{data}")
+    return json_rows, lines
+
+
 def backup_summary(
     last: Mapping[str, Record | None], now: float | None = None
 ) -> tuple[dict[str, dict | None], list[str]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 from passlib.apache import HtpasswdFile
 
+from infra import runner
 from infra.alerts import receivers
 from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED
 from infra.errors import SecretsError
@@ -102,6 +103,7 @@ def generate(settings: Settings) -> bool:
     """Write secrets.yml when it is missing. Returns False (and writes nothing) if it exists."""
     path = settings.secrets_file
     if path.exists():
+        _require_file(path)
         return False
     values = generate_values(settings)
     header = (
@@ -130,6 +132,7 @@ def load(settings: Settings) -> dict[str, str]:
     fix = "Restore it from your backup, or move it away and run: invoke secrets.generate"
     if not path.exists():
         raise SecretsError(f"{path} does not exist. Create it with: invoke secrets.generate")
+    _require_file(path)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise SecretsError(
@@ -143,6 +146,8 @@ def load(settings: Settings) -> dict[str, str]:
         raise SecretsError(f"{path} is not valid YAML{where}. {fix}") from None
     except OSError as exc:
         raise SecretsError(f"{path} cannot be read ({exc.strerror}). Fix its permissions.") from exc
+    except UnicodeDecodeError:
+        raise SecretsError(f"{path} is not UTF-8 text. {fix}") from None
     if not isinstance(data, dict):
         raise SecretsError(f"{path} is not a mapping of key: value lines. {fix}")
     missing = [key for key in SCHEMA_KEYS if not isinstance(data.get(key), str) or not data[key]]
@@ -151,13 +156,20 @@ def load(settings: Settings) -> dict[str, str]:
             f"{path} has no value for {', '.join(missing)}. Add "
             f"{'it' if len(missing) == 1 else 'them'} (see secrets/secrets.example.yml)."
         )
-    unknown = sorted(set(data) - set(SCHEMA_KEYS))
+    unknown = sorted(map(str, set(data) - set(SCHEMA_KEYS)))
     if unknown:
         raise SecretsError(
-            f"{path} has unknown keys: {', '.join(map(str, unknown))}. "
-            "Remove them or fix the names."
+            f"{path} has unknown keys: {', '.join(unknown)}. Remove them or fix the names."
         )
     return {key: data[key] for key in SCHEMA_KEYS}
+
+
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise SecretsError(
+            f"SECRETS_FILE {path} is a directory, not a file. Set SECRETS_FILE to the "
+            "secrets.yml file itself (default secrets/secrets.yml)."
+        )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -223,9 +235,9 @@ def _comment_lines(text: str) -> int:
 
 # --- Docker secrets --------------------------------------------------------------------------
 # Each stack's secret keys (as its stack file declares them) and how their content is made.
-# `values` holds secrets.yml plus the .env tokens under `cloudflare_tunnel_token`,
-# `runner_token` and the alert receivers' secret names; `env` is the environment name for
-# dev/stg/prod.
+# `values` holds secrets.yml plus the .env tokens under `cloudflare_tunnel_token`, the
+# runner's credential (ENV_FILE_TOKENS, APP_KEY_FILE) and the alert receivers' secret names;
+# `env` is the environment name for dev/stg/prod.
 
 Renderer = Callable[[Values, str], str]
 
@@ -286,7 +298,14 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
             for r in receivers.RECEIVERS
         },
     },
+    # One of these, by the way .env registers the runners (infra/runner.py, the overlays
+    # stacks/runner.<way>.yml); configs/runner/entrypoint.sh reads it.
     RUNNER: {
+        "runner_access_token": lambda v, env: v["runner_access_token"],
+        # Read only when the runner stack is planned: a bad key file fails that deploy alone.
+        "runner_app_private_key": lambda v, env: (
+            runner.read_private_key(v[APP_KEY_FILE]) if v[APP_KEY_FILE] else ""
+        ),
         "runner_token": lambda v, env: v["runner_token"],
     },
 }
@@ -294,14 +313,25 @@ DOCKER_SECRETS: dict[str, dict[str, Renderer]] = {
 # .env tokens handed to services as Docker secrets, by the key they take in `values`.
 ENV_FILE_TOKENS = {
     "cloudflare_tunnel_token": "CLOUDFLARE_TUNNEL_TOKEN",
+    "runner_access_token": "RUNNER_ACCESS_TOKEN",
     "runner_token": "RUNNER_TOKEN",
 }
+# The App's private key is a file: .env names it (its path, made absolute, under this key
+# in `values`), and the runner_app_private_key secret is its content.
+APP_KEY_FILE = "runner_app_private_key_file"
+
+
+def app_key_file(settings: Settings) -> str:
+    """RUNNER_APP_PRIVATE_KEY_FILE made absolute (relative to the repository), or ''."""
+    key_file = settings.get("RUNNER_APP_PRIVATE_KEY_FILE")
+    return str(settings.root / Path(key_file).expanduser()) if key_file else ""
 
 
 def with_env_tokens(values: Values, settings: Settings) -> dict[str, str]:
     merged = dict(values)
     for key, variable in ENV_FILE_TOKENS.items():
         merged[key] = settings.get(variable)
+    merged[APP_KEY_FILE] = app_key_file(settings)
     for receiver in receivers.RECEIVERS:
         merged[receiver.secret] = settings.get(receiver.credential)
     return merged

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dotenv.parser import parse_stream
 
+from infra import runner
 from infra.alerts import receivers
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.errors import SettingsError
@@ -42,9 +43,17 @@ DEFAULTS: dict[str, str | None] = {
     "DOMAIN_STG": "stg.localhost",
     "DOMAIN_PROD": "localhost",
     "CLOUDFLARE_TUNNEL_TOKEN": None,
-    "GITHUB_OWNER": None,
-    "RUNNER_TOKEN": None,
+    # The runner stack (README: Runners): where runners register, and one way to register.
+    "GITHUB_OWNER": None,  # an organisation (acme) or one repository (acme/app)
+    "RUNNER_ACCESS_TOKEN": None,  # a personal access token: the image mints registrations
+    "RUNNER_APP_ID": None,  # or a GitHub App: its id, its private key file (.pem) ...
+    "RUNNER_APP_PRIVATE_KEY_FILE": None,
+    "RUNNER_APP_LOGIN": None,  # ... and the account it is installed on (default: the owner)
+    "RUNNER_TOKEN": None,  # or a registration token, which GitHub lets live one hour
     "RUNNER_REPLICAS": "2",
+    "RUNNER_EPHEMERAL": "off",  # on: a runner takes one job, then a fresh one registers
+    "RUNNER_LABELS": "",  # extra labels, comma-separated
+    "RUNNER_GROUP": "",  # an organisation's runner group (default: Default)
     "DATA_ROOT": None,  # <repo>/.data
     "SECRETS_FILE": None,  # <repo>/secrets/secrets.yml
     "SWARM_ADVERTISE_ADDR": None,  # let Docker choose
@@ -195,12 +204,21 @@ class Settings:
 
 def read_env_file(path: Path) -> dict[str, str]:
     """KEY=VALUE lines of a dotenv file; a line that is neither that nor a comment is an error."""
+    if path.is_dir():
+        raise SettingsError(f"{path} is a directory, not a KEY=VALUE file. Give the file's path.")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte order mark would otherwise glue itself to the first key
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise SettingsError(
             f"{path} cannot be read ({exc.strerror}). Fix its permissions."
         ) from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"{path} line {line} is not UTF-8 text. Save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)."
+        ) from None
     values: dict[str, str] = {}
     for binding in parse_stream(io.StringIO(text)):
         if binding.error or (binding.key is not None and binding.value is None):
@@ -248,6 +266,10 @@ def load_images(
     """The image file (IMAGES_FILE or stacks/images.env), each entry overridable by name."""
     path = Path(environ.get("IMAGES_FILE") or values.get("IMAGES_FILE") or "")
     path = _absolute(root, str(path)) if str(path) not in ("", ".") else DEFAULT_IMAGES_FILE
+    if path.is_dir():
+        raise SettingsError(
+            f"image file {path} is a directory. Set IMAGES_FILE to a file like stacks/images.env."
+        )
     if not path.is_file():
         raise SettingsError(f"image file {path} does not exist. Unset IMAGES_FILE or fix its path.")
     images = read_env_file(path)
@@ -293,9 +315,18 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"{name}={values[name]!r}{where} is not valid. Valid: on, off "
                 f"(default {_on_off(env.host_ports)})."
             )
+    for name in (n.strip() for n in values["DISABLED_SERVICES"].split(",")):
+        stack, _, service = name.partition("_")
+        if name and (stack not in STACKS or not service):
+            raise SettingsError(
+                f"DISABLED_SERVICES{where} has {name!r}, which is not <stack>_<service> "
+                f"(e.g. shared_n8n). Stacks: {', '.join(STACKS)} (invoke status lists services)."
+            )
+    _check_advertise_addr(values["SWARM_ADVERTISE_ADDR"], where)
     parse_networks(values["FIREWALL_ALLOW"], where)
     parse_keep(values["BACKUP_KEEP"], where)
     receivers.validate(values, where)
+    runner.validate(values, where)
     for env in ENVIRONMENTS:
         domain = values[f"DOMAIN_{env.upper()}"]
         if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
@@ -303,6 +334,27 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
                 f"DOMAIN_{env.upper()}={domain!r}{where} is not a host name. "
                 "Write it like app.example.com."
             )
+
+
+def _check_advertise_addr(value: str, where: str) -> None:
+    """SWARM_ADVERTISE_ADDR: what `docker swarm init --advertise-addr` takes, an address
+    (with an optional :port) or an interface name; checked here because the deploy that
+    inits the swarm has already written secrets.yml by then."""
+    if not value:
+        return
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        address = True
+    except ValueError:
+        address = False
+    interface = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", host) is not None
+    if not (address or interface) or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise SettingsError(
+            f"SWARM_ADVERTISE_ADDR={value!r}{where} is not an address or interface. Write "
+            "this node's address (10.0.0.5, 10.0.0.5:2377) or its interface (eth0)."
+        )
 
 
 def _is_scale(value: str) -> bool:

@@ -10,6 +10,7 @@ backups, unless the run keeps everything (--keep-all).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,23 @@ class RunResult:
     pruned: retention.PruneResult | None  # None: --keep-all
 
 
+def check_backup_root(backups: Path) -> None:
+    """BACKUP_ROOT must be a directory this user can create and write, before anything runs
+    (a file in its way would otherwise end the run half-way, after the dump)."""
+    existing = backups
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BackupError(
+            f"BACKUP_ROOT {backups} is inside a file ({existing}). Set BACKUP_ROOT to a directory."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BackupError(
+            f"BACKUP_ROOT {backups} cannot be written ({existing} is not writable by this "
+            "user). Set BACKUP_ROOT in .env to a writable directory, or fix its permissions."
+        )
+
+
 def run_backup(
     settings: Settings,
     target: str,
@@ -45,6 +63,7 @@ def run_backup(
     no longer keeps."""
     check_target(target, retention.TARGETS)
     keep = settings.backup_keep  # a malformed BACKUP_KEEP stops the run before it starts
+    check_backup_root(settings.backups)
     client = _long_client(settings, client)
     if target == SHARED:
         shared_containers(settings, client)

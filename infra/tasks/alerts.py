@@ -3,7 +3,7 @@
 from invoke import task
 
 from infra.errors import AlertsError
-from infra.tasks.common import operator_errors, settings
+from infra.tasks.common import number, operator_errors, settings
 
 
 @task(name="list", default=True, help={"json": "print the alerts as JSON, for scripts"})
@@ -28,11 +28,12 @@ def list_(c, json_=False):
 
 @task(help={"timeout": "seconds to wait for every receiver's delivery (default: group wait + 60)"})
 @operator_errors
-def test(c, timeout=0):
+def test(c, timeout="0"):
     """Send a test alert through Alertmanager to every configured receiver; report each."""
     from infra import engine
     from infra.alerts import api, receivers
 
+    seconds = number(timeout, "timeout", "120", zero=True)
     config = settings()
     configured = receivers.configured(config.values)
     if not configured:
@@ -47,7 +48,7 @@ def test(c, timeout=0):
         raise api.not_deployed()
     before = api.notification_counts(client)
     marker = api.send_test_alert(client)
-    wait = float(timeout) or receivers.seconds(config.get("ALERT_GROUP_WAIT") or "30s") + 60
+    wait = seconds or receivers.seconds(config.get("ALERT_GROUP_WAIT") or "30s") + 60
     print(f"test alert sent (instance=invoke-alerts-test-{marker}); waiting for the receivers")
     results = api.deliveries(client, configured, before, timeout=wait)
     for delivery in results:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
 from invoke.exceptions import Exit
 
 from infra.catalog import ENVIRONMENTS, STACKS
-from infra.errors import InfraError
+from infra.errors import InfraError, SettingsError
 from infra.settings import Settings, load_settings
 
 HELP = {
@@ -32,6 +33,31 @@ HELP = {
 
 def settings() -> Settings:
     return load_settings()
+
+
+def number(value: object, option: str, example: str, zero: bool = False) -> float:
+    """A numeric option as given on the command line (options take strings, so a word is
+    this one line, not the parser's traceback): finite, above 0 (or 0 when `zero`)."""
+    try:
+        parsed = float(str(value).strip())
+    except ValueError:
+        parsed = float("nan")
+    if not math.isfinite(parsed) or parsed < 0 or (parsed == 0 and not zero):
+        least = "0 or more" if zero else "above 0"
+        raise SettingsError(
+            f"--{option}={value!r} is not a number {least}. Give one like --{option}={example}."
+        )
+    return parsed
+
+
+def whole_number(value: object, option: str, example: str) -> int:
+    """`number` for counts: a whole number, 0 or more."""
+    parsed = number(value, option, example, zero=True)
+    if parsed != int(parsed):
+        raise SettingsError(
+            f"--{option}={value!r} is not a whole number. Give one like --{option}={example}."
+        )
+    return int(parsed)
 
 
 def operator_errors(task_body: Callable[..., Any]) -> Callable[..., Any]:

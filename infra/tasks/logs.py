@@ -3,15 +3,21 @@
 from invoke import task
 
 from infra.errors import SettingsError
-from infra.tasks.common import HELP, operator_errors, settings
+from infra.tasks.common import HELP, operator_errors, settings, whole_number
 
 
 @task(help={"service": HELP["service"], "follow": HELP["follow"], "tail": HELP["tail"]})
 @operator_errors
-def logs(c, service="", follow=False, tail=100):
+def logs(c, service="", follow=False, tail="100"):
     """Print a service's logs (e.g. --service=dev_postgres)."""
     from infra import engine
 
+    lines = whole_number(tail, "tail", "100")
+    if not service:
+        raise SettingsError(
+            "no service given. Add --service=<stack>_<service>, e.g. --service=dev_postgres "
+            "(invoke status lists them)."
+        )
     client = engine.connect(settings().docker_host)
     engine.require_manager(client)
     names = sorted(s.name for s in client.services.list())
@@ -20,7 +26,7 @@ def logs(c, service="", follow=False, tail=100):
             f"no service named {service!r}. Valid: {', '.join(names) or 'none deployed'}."
         )
     stream = client.services.get(service).logs(
-        stdout=True, stderr=True, follow=follow, tail=int(tail), timestamps=True
+        stdout=True, stderr=True, follow=follow, tail=lines, timestamps=True
     )
     for chunk in stream:
         print(chunk.decode(errors="replace"), end="", flush=True)

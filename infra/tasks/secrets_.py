@@ -2,7 +2,7 @@
 
 from invoke import task
 
-from infra.tasks.common import HELP, operator_errors, settings
+from infra.tasks.common import HELP, number, operator_errors, settings
 
 
 @task(help={"dry_run": HELP["dry_run"]})
@@ -77,15 +77,14 @@ def list_(c):
 
 @task(help={"key": HELP["key"], "dry_run": HELP["dry_run"], "timeout": HELP["timeout"]})
 @operator_errors
-def rotate(c, key="", dry_run=False, timeout=300):
+def rotate(c, key="", dry_run=False, timeout="300"):
     """Give one secret a new value live, without data loss; re-run to finish if interrupted."""
     from infra import rotate as rotation
 
+    seconds = number(timeout, "timeout", "600")
     config = settings()
     if dry_run:
         for line in rotation.plan(config, key):
             print(line)
         return
-    rotation.rotate(
-        config, key, timeout=float(timeout), report=lambda line: print(line, flush=True)
-    )
+    rotation.rotate(config, key, timeout=seconds, report=lambda line: print(line, flush=True))

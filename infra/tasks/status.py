@@ -11,7 +11,7 @@ from infra.tasks.common import HELP, operator_errors, settings
 @operator_errors
 def status(c, verbose=False, json_=False):
     """Show every stack's services (replicas, health, update state, image, ports), the
-    alerts that fire now and the last backup of each environment."""
+    nodes, the alerts that fire now and the last backup of each environment."""
     from infra import backup, engine, report
 
     config = settings()
@@ -20,10 +20,13 @@ def status(c, verbose=False, json_=False):
     text, rows = report.status_table(client, verbose=verbose)
     alerts, alert_lines = report.alert_summary(client)
     backups, backup_lines = report.backup_summary(backup.last_records(config, backup.TARGETS))
+    node_rows, node_lines = report.node_summary(client)
     if json_:
-        print(json.dumps({"stacks": rows, "alerts": alerts, "backups": backups}, indent=2))
+        document = {"stacks": rows, "alerts": alerts, "backups": backups, "nodes": node_rows}
+        print(json.dumps(document, indent=2))
         return
     print(text)
+    print("\n".join(node_lines))
     print("\n".join(alert_lines))
     print("\n".join(backup_lines))
     if verbose:

@@ -27,8 +27,9 @@ from botocore.client import Config
 from docker.errors import DockerException
 
 from infra import catalog, converge, deploy, secrets
-from infra.catalog import CORE_PORTS, ENVIRONMENTS
+from infra.catalog import CORE_PORTS, DATA_TARGETS, ENVIRONMENTS
 from infra.settings import REPO_ROOT, STACKS_DIR, Settings, load_settings
+from infra.swarm import placement
 from tests.acceptance.dind import DindSwarm
 from tests.acceptance.images import (
     REQUIRE_IMAGES,
@@ -336,6 +337,12 @@ def platform(request) -> Platform:
     try:
         refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
         swarm.start(images=refs)
+        if len(swarm.nodes) > 1:
+            # As an operator of a bigger swarm does first (`invoke swarm.label`): the manager
+            # holds every target's data; a deploy refuses while no node is labelled.
+            manager = swarm.manager.client
+            here = manager.nodes.get(manager.info()["Swarm"]["NodeID"])
+            placement.set_labels(manager, here, DATA_TARGETS)
         settings, _ = swarm_settings(swarm, images, workdir)
         print(
             f"acceptance: swarm of {len(swarm.nodes)} node(s), manager {swarm.manager.engine_url}"

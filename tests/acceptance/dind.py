@@ -148,6 +148,18 @@ class DindSwarm:
             )
         self._wait_engine(node, time.monotonic() + timeout)
 
+    def stop_node(self, index: int, stop_timeout: int = 10) -> None:
+        """Stop a node's container: its engine is gone, as when a machine is lost."""
+        self.nodes[index].container.stop(timeout=stop_timeout)
+
+    def start_node(self, index: int, timeout: float = 180) -> None:
+        """Start a stopped node again; returns once its engine answers (it rejoins the swarm
+        by itself, from the swarm state kept in its volume)."""
+        node = self.nodes[index]
+        node.container.start()
+        self._read_bindings(node)
+        self._wait_engine(node, time.monotonic() + timeout)
+
     def _wait_engine(self, node: Node, deadline: float) -> None:
         while True:
             try:

@@ -45,7 +45,7 @@ def test_redeploy_of_shared_with_nothing_changed_updates_no_service(dev):
     dev.deploy("shared")
     before = _versions(dev, "shared")
     lines = dev.apply("shared")
-    assert _versions(dev, "shared") == before
+    assert _versions(dev, "shared") == before, lines
     assert "shared: up to date, 0 services changed" in lines
 
 

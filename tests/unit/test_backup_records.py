@@ -169,7 +169,9 @@ def test_the_backup_exporter_reads_the_records_directory_mounted_read_only(setti
     source = planning.interpolate(mounts[0]["source"], {"DATA_ROOT": str(settings.data_root)}, "")
     assert source == str(records.directory(settings))
     # Placed with the data (a bind source exists only there); only its textfile collector on.
-    assert service["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    assert service["deploy"]["placement"]["constraints"] == [
+        "node.labels.${DATA_NODE_LABEL:?deploy through invoke} == true"
+    ]
     assert "--collector.disable-defaults" in service["command"]
 
 

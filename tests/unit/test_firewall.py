@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from infra import catalog, firewall
 from infra.catalog import CORE_PORTS, ENVIRONMENTS
 from infra.errors import SettingsError
 from infra.settings import REPO_ROOT, load_settings
+from tests.as_another_user import readable_copy
 
 DOCKER_ONLY = "-P INPUT ACCEPT\n-P FORWARD DROP\n-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n"
 ESTABLISHED = "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
@@ -401,13 +403,16 @@ def test_apply_without_docker_user_is_one_line_and_changes_nothing(environ):
     reason="needs root and setpriv to run the task as an unprivileged user",
 )
 def test_apply_as_an_ordinary_user_is_one_line():
-    # pytest's tmp_path is private to root: the user gets a home it can read.
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as home:
-        os.chmod(home, 0o755)  # noqa: S103 - the unprivileged user must enter it
+    # Neither pytest's tmp_path nor, maybe, this checkout and its venv (root's home is 0700)
+    # can be read by the user: the task runs from a copy it can read, in a home it can enter.
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+        copy = readable_copy(Path(scratch))
+        home = Path(scratch) / "home"
+        home.mkdir(mode=0o777)  # noqa: S103 - the unprivileged user writes nothing, may cd
         result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *INVOKE.split(),
-             "firewall.apply"],
-            env={"PATH": os.environ["PATH"], "HOME": home, "ENV_FILE": f"{home}/env"},
+            copy.invoke("firewall.apply"),
+            env={"PATH": os.environ["PATH"], "HOME": str(home), "ENV_FILE": f"{home}/env",
+                 **copy.environ},
             capture_output=True, text=True, check=False, cwd=home,
         )  # fmt: skip
     assert result.returncode == 1, (result.stdout, result.stderr)

@@ -9,6 +9,7 @@ in tests/acceptance/test_mistakes.py.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 from collections.abc import Callable
@@ -130,6 +131,69 @@ def data_root_in_a_file(env, tmp):
     env["DATA_ROOT"] = str(tmp / "a-file" / "data")
 
 
+def env_latin1(env, tmp):
+    Path(env["ENV_FILE"]).write_bytes(b"PROJECT_NAME=nextcandle\nGRAFANA_TITLE=Caf\xe9\n")
+
+
+def secrets_file_a_directory(env, tmp):
+    env["SECRETS_FILE"] = str(tmp / "secrets-dir")
+    (tmp / "secrets-dir").mkdir()
+
+
+def _private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def secrets_a_list(env, tmp):
+    _private(Path(env["SECRETS_FILE"]), b"- dev_postgres_password\n- prod_postgres_password\n")
+
+
+def secrets_latin1(env, tmp):
+    _private(Path(env["SECRETS_FILE"]), b"grafana_admin_user: caf\xe9\n")
+
+
+def github_owner_url(env, tmp):
+    _env_file(env, "GITHUB_OWNER=https://github.com/acme\nRUNNER_ACCESS_TOKEN=ghp_example\n")
+
+
+def runner_two_ways(env, tmp):
+    _env_file(env, "GITHUB_OWNER=acme\nRUNNER_ACCESS_TOKEN=ghp_example\nRUNNER_TOKEN=AAexample\n")
+
+
+def runner_app_key_missing(env, tmp):
+    _env_file(
+        env,
+        f"GITHUB_OWNER=acme\nRUNNER_APP_ID=123456\nRUNNER_APP_PRIVATE_KEY_FILE={tmp}/app.pem\n",
+    )
+
+
+def disabled_service_without_stack(env, tmp):
+    _env_file(env, "DISABLED_SERVICES=n8n\n")
+
+
+def no_docker_command(env, tmp):
+    (tmp / "no-commands").mkdir()
+    env["PATH"] = str(tmp / "no-commands")
+
+
+def docker_host_nobody_answers(env, tmp):
+    env["DOCKER_HOST"] = f"tcp://127.0.0.1:{_closed_port()}"
+
+
+def backup_root_in_a_file(env, tmp):
+    (tmp / "a-file").write_text("")
+    env["BACKUP_ROOT"] = str(tmp / "a-file" / "backups")
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: bound, then released (never listened on)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _app_file(name: str, text: str) -> Scenario:
     """An app's compose file in the directory the row's command runs in."""
 
@@ -189,12 +253,26 @@ SCENARIOS: dict[int, Scenario] = {
     27: no_setup,
     28: no_setup,
     29: reservations_scale_word,
-    30: app_publishes_a_port,
-    31: app_mounts_the_docker_socket,
-    32: app_joins_prod,
-    33: app_image_latest,
-    34: app_file_not_compose,
-    35: app_routed_elsewhere,
+    30: no_setup,
+    31: no_setup,  # the --tail is refused before the engine is asked
+    32: no_setup,
+    33: env_latin1,
+    34: secrets_file_a_directory,
+    35: secrets_a_list,
+    36: secrets_latin1,
+    37: github_owner_url,
+    38: runner_two_ways,
+    39: runner_app_key_missing,
+    40: disabled_service_without_stack,
+    41: no_docker_command,
+    42: docker_host_nobody_answers,
+    43: backup_root_in_a_file,
+    44: app_publishes_a_port,
+    45: app_mounts_the_docker_socket,
+    46: app_joins_prod,
+    47: app_image_latest,
+    48: app_file_not_compose,
+    49: app_routed_elsewhere,
 }
 
 

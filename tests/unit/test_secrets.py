@@ -132,3 +132,29 @@ def test_secrets_file_readable_by_others_is_refused(settings, generated):
     settings.secrets_file.chmod(0o644)
     with pytest.raises(SecretsError, match="chmod 600"):
         secrets.load(settings)
+
+
+def test_a_directory_as_secrets_file_is_named_not_chmodded(tmp_path, environ):
+    from infra.settings import REPO_ROOT, load_settings
+
+    (tmp_path / "secrets-dir").mkdir()
+    settings = load_settings(REPO_ROOT, {**environ, "SECRETS_FILE": str(tmp_path / "secrets-dir")})
+    for action in (secrets.load, secrets.generate):
+        with pytest.raises(SecretsError, match="is a directory, not a file") as caught:
+            action(settings)
+        assert "chmod" not in str(caught.value)
+
+
+def test_a_secrets_file_that_is_not_utf8_is_one_line(settings):
+    settings.secrets_file.parent.mkdir(parents=True)
+    settings.secrets_file.write_bytes(b"grafana_admin_user: caf\xe9\n")
+    settings.secrets_file.chmod(0o600)
+    with pytest.raises(SecretsError, match="is not UTF-8 text"):
+        secrets.load(settings)
+
+
+def test_unknown_keys_of_any_type_are_named(settings, generated):
+    data = yaml.safe_load(settings.secrets_file.read_text())
+    settings.secrets_file.write_text(yaml.safe_dump({**data, 1: "x", "extra": "y"}))
+    with pytest.raises(SecretsError, match="has unknown keys: 1, extra"):
+        secrets.load(settings)

@@ -144,3 +144,49 @@ def test_bad_host_ports_value_says_what_is_valid(environ):
     with pytest.raises(SettingsError) as error:
         load_settings(REPO_ROOT, {**environ, "STG_HOST_PORTS": "true"})
     assert str(error.value) == "STG_HOST_PORTS='true' is not valid. Valid: on, off (default off)."
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_setting(environ):
+    Path(environ["ENV_FILE"]).write_bytes("\ufeffPROJECT_NAME=acme\n".encode())
+    assert load_settings(REPO_ROOT, environ).project_name == "acme"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"PROJECT_NAME=acme\nTITLE=caf\xe9\n", b"\xff\xfeP\x00"],
+    ids=["latin1", "utf16"],
+)
+def test_an_env_file_that_is_not_utf8_names_its_line(environ, content):
+    Path(environ["ENV_FILE"]).write_bytes(content)
+    with pytest.raises(SettingsError, match=r"line \d+ is not UTF-8 text") as caught:
+        load_settings(REPO_ROOT, environ)
+    assert "caf" not in str(caught.value)
+
+
+def test_a_directory_as_env_file_is_named(tmp_path, environ):
+    (tmp_path / "env-dir").mkdir()
+    with pytest.raises(SettingsError, match="is a directory, not a KEY=VALUE file"):
+        load_settings(REPO_ROOT, {**environ, "ENV_FILE": str(tmp_path / "env-dir")})
+
+
+def test_a_directory_as_images_file_is_named(tmp_path, environ):
+    with pytest.raises(SettingsError, match="is a directory. Set IMAGES_FILE to a file"):
+        load_settings(REPO_ROOT, {**environ, "IMAGES_FILE": str(tmp_path)})
+
+
+@pytest.mark.parametrize("value", ["n8n", "shared_", "qa_postgres"])
+def test_disabled_services_need_their_stack(environ, value):
+    with pytest.raises(SettingsError, match="which is not <stack>_<service>"):
+        load_settings(REPO_ROOT, {**environ, "DISABLED_SERVICES": f"shared_n8n,{value}"})
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "10.0.0.5:2377", "eth0", "fe80::1", "[fe80::1]"])
+def test_an_advertise_address_or_interface_is_accepted(environ, value):
+    settings = load_settings(REPO_ROOT, {**environ, "SWARM_ADVERTISE_ADDR": value})
+    assert settings.get("SWARM_ADVERTISE_ADDR") == value
+
+
+@pytest.mark.parametrize("value", ["http://10.0.0.5", "10.0.0.5:99999", "my node", "10.0.0.5:x"])
+def test_a_bad_advertise_address_is_refused_before_anything(environ, value):
+    with pytest.raises(SettingsError, match="is not an address or interface"):
+        load_settings(REPO_ROOT, {**environ, "SWARM_ADVERTISE_ADDR": value})

@@ -6,6 +6,7 @@ Each bad input must end with exactly one line on stderr, exit code 1, and no cha
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +254,64 @@ def test_scripts_refuse_unknown_arguments(operator_env, tmp_path, script, args):
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [("start.sh", ["qa"]), ("stop.sh", ["qa"]), ("status.sh", ["--bogus"])],
+    ids=["start", "stop", "status"],
+)
+def test_scripts_refuse_before_they_set_up_the_virtualenv(operator_env, tmp_path, script, args):
+    # A fresh clone: the scripts, and no .venv yet.
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO_ROOT / "scripts", clone / "scripts")
+    result = subprocess.run(
+        [str(clone / "scripts" / script), *args],
+        env=operator_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "unknown" in result.stderr
+    assert not (clone / ".venv").exists()
+
+
+NUMERIC_OPTIONS = {
+    "deploy.core": ["deploy.core", "--no-tunnel", "--timeout={}"],
+    "deploy.env": ["deploy.env", "--name=dev", "--timeout={}"],
+    "deploy.shared": ["deploy.shared", "--timeout={}"],
+    "deploy.runner": ["deploy.runner", "--timeout={}"],
+    "deploy.all": ["deploy.all", "--timeout={}"],
+    "secrets.rotate": ["secrets.rotate", "--key=dev_postgres_password", "--timeout={}"],
+    "alerts.test": ["alerts.test", "--timeout={}"],
+    "logs": ["logs", "--service=dev_postgres", "--tail={}"],
+}
+
+
+@pytest.mark.parametrize(
+    "value", ["soon", "-5", "nan", ""], ids=["word", "negative", "nan", "empty"]
+)
+@pytest.mark.parametrize("task", list(NUMERIC_OPTIONS))
+def test_a_numeric_option_that_is_no_number_is_one_line(operator_env, task, value):
+    args = [arg.format(value) for arg in NUMERIC_OPTIONS[task]]
+    line = one_line_failure(run(args, operator_env))
+    option = args[-1].split("=")[0]
+    least, example = {"logs": ("0 or more", "100"), "alerts.test": ("0 or more", "120")}.get(
+        task, ("above 0", "600")
+    )
+    assert line == (
+        f"error: {option}={value!r} is not a number {least}. Give one like {option}={example}."
+    )
+    assert nothing_changed(operator_env)
+
+
+def test_a_timeout_of_zero_is_refused_where_it_means_nothing(operator_env):
+    line = one_line_failure(run(["deploy.env", "--name=dev", "--timeout=0"], operator_env))
+    assert line.startswith("error: --timeout='0' is not a number above 0.")
 
 
 def test_start_script_runs_the_deploy_task_from_any_directory(operator_env, tmp_path):

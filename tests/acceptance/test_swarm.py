@@ -1,0 +1,200 @@
+"""The swarm's nodes: data placed by label, swarm.status and its quorum, join tokens, drain.
+
+On the suite's one-node swarm the first deploy labels the only node; with `--nodes=3`
+(`nox -s acceptance_nodes`) the manager holds every target's data (conftest labels it, as an
+operator would) and prod's is moved to a worker before prod is first deployed, so Postgres
+must land there.
+"""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from infra import converge, engine
+from infra.catalog import DATA_TARGETS, data_label
+from infra.swarm import placement
+
+
+@pytest.fixture(scope="module")
+def dev(platform):
+    platform.require("POSTGRES_IMAGE")
+    platform.require("REDIS_IMAGE")
+    platform.deploy("dev")
+    return platform
+
+
+def _node_of(platform, service: str) -> str:
+    tasks = platform.client.services.get(service).tasks(filters={"desired-state": "running"})
+    running = [t for t in tasks if t["Status"]["State"] == "running"]
+    assert len(running) == 1, f"{service}: {len(running)} running tasks"
+    return running[0]["NodeID"]
+
+
+def test_the_node_holding_dev_data_is_labelled_and_runs_its_postgres(dev):
+    holders = placement.holders(dev.client.nodes.list(), "dev")
+    assert len(holders) == 1, [placement.hostname(n) for n in holders]
+    assert _node_of(dev, "dev_postgres") == holders[0].id
+    assert _node_of(dev, "dev_redis") == holders[0].id
+    constraints = dev.client.services.get("dev_postgres").attrs["Spec"]["TaskTemplate"][
+        "Placement"
+    ]["Constraints"]
+    assert f"node.labels.{data_label('dev')} == true" in constraints
+    assert not any("node.role" in c for c in constraints), constraints
+
+
+def test_swarm_status_shows_each_node_its_data_and_the_quorum(dev):
+    result = dev.invoke("swarm.status")
+    assert result.returncode == 0, result.stderr
+    for node in dev.client.nodes.list():
+        assert placement.hostname(node) in result.stdout
+    assert "dev_postgres" in result.stdout  # the stateful services the data node holds
+    assert "quorum: healthy: 1 of 1 managers reachable" in result.stdout, result.stdout
+
+
+def test_a_label_for_data_another_node_holds_is_refused(dev):
+    if len(dev.client.nodes.list()) < 2:
+        # One node: relabelling itself is allowed; the refusal needs a second node.
+        result = dev.invoke("swarm.label", "--node=no-such-node", "--data=dev")
+        assert result.returncode == 1
+        assert "is no node of this swarm" in result.stderr
+        assert "Traceback" not in result.stderr
+        return
+    holder = placement.holders(dev.client.nodes.list(), "dev")[0]
+    other = next(n for n in dev.client.nodes.list() if n.id != holder.id)
+    result = dev.invoke("swarm.label", f"--node={placement.hostname(other)}", "--data=dev")
+    assert result.returncode == 1
+    assert f"node {placement.hostname(holder)} already holds dev's data" in result.stderr
+    other.reload()
+    assert data_label("dev") not in (other.attrs["Spec"].get("Labels") or {})
+
+
+def test_join_token_goes_to_a_private_file_never_to_the_output(dev, tmp_path):
+    path = tmp_path / "worker.token"
+    result = dev.invoke("swarm.join-token", "--role=worker", f"--file={path}")
+    assert result.returncode == 0, result.stderr
+    token = path.read_text().strip()
+    assert token == dev.client.swarm.attrs["JoinTokens"]["Worker"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert token not in result.stdout + result.stderr
+    assert "invoke swarm.join --manager=" in result.stdout
+
+
+def test_draining_the_data_node_is_refused_naming_its_services_and_changes_nothing(dev):
+    holder = placement.holders(dev.client.nodes.list(), "dev")[0]
+    result = dev.invoke("swarm.drain", f"--node={placement.hostname(holder)}")
+    assert result.returncode == 1
+    assert "dev_postgres" in result.stderr and "--force" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    holder.reload()
+    assert holder.attrs["Spec"]["Availability"] == "active"
+
+
+def test_prod_deployed_with_its_data_on_a_worker_runs_there(platform):
+    """Needs a worker: `--nodes=3`. The data directories are created on the worker by a
+    one-off job, since the deploy runs on the manager."""
+    platform.require("POSTGRES_IMAGE")
+    platform.require("REDIS_IMAGE")
+    workers = [n for n in platform.client.nodes.list() if n.attrs["Spec"]["Role"] == "worker"]
+    if not workers:
+        pytest.skip("needs a worker node: run with --nodes=3 (nox -s acceptance_nodes)")
+    if "prod" in platform.deployed:
+        pytest.skip("prod was deployed earlier in this session: its data cannot move")
+    worker = workers[-1]  # the last to join
+    manager = next(n for n in platform.client.nodes.list() if "prod" in placement.held_targets(n))
+    placement.set_labels(platform.client, manager, ["prod"], remove=True)
+    placement.set_labels(platform.client, worker, ["prod"])
+    lines = platform.apply("prod")
+    assert _node_of(platform, "prod_postgres") == worker.id
+    assert _node_of(platform, "prod_redis") == worker.id
+    # prod's directories did not exist: they were made on the worker, by the job.
+    made_there = [line for line in lines if f"on node {placement.hostname(worker)}" in line]
+    assert any(line.endswith(f"/prod/postgres on node {placement.hostname(worker)}")
+               for line in made_there), lines  # fmt: skip
+
+
+def test_a_container_on_the_manager_reaches_prod_postgres_on_the_worker_by_its_dns_name(platform):
+    """tasks.<service> names and the overlay carry traffic across nodes: a container on the
+    manager, on prod's network, resolves and reaches the Postgres that runs on a worker."""
+    image = platform.require("POSTGRES_IMAGE")  # has getent and pg_isready
+    node = (
+        _node_of(platform, "prod_postgres")
+        if "prod" in engine.deployed_stacks(platform.client)
+        else ""
+    )
+    here = platform.client.info()["Swarm"]["NodeID"]
+    if not node or node == here:
+        pytest.skip("needs prod's Postgres on another node than the manager: --nodes=3")
+    output = platform.client.containers.run(
+        image,
+        entrypoint=["bash", "-c"],
+        command=["getent hosts tasks.prod_postgres && pg_isready -h tasks.prod_postgres -t 20"],
+        network="prod_backend",
+        labels={"org.nextcandle.acceptance": "swarm-probe"},
+        remove=True,
+    ).decode()
+    task = platform.client.services.get("prod_postgres").tasks(
+        filters={"desired-state": "running"}
+    )[0]
+    addresses = {a["Addresses"][0].split("/")[0] for a in task["NetworksAttachments"]}
+    assert any(line.split()[0] in addresses for line in output.splitlines() if line), output
+    assert "accepting connections" in output, output
+
+
+def _index_of(platform, node_id: str) -> int:
+    for index, member in enumerate(platform.swarm.nodes):
+        if member.client.info()["Swarm"]["NodeID"] == node_id:
+            return index
+    raise AssertionError(f"no dind node runs swarm node {node_id}")
+
+
+def test_a_lost_worker_leaves_every_service_running_on_the_other_nodes(dev):
+    """Needs two workers (`--nodes=3`): one without data is stopped (its engine gone, as a
+    lost machine), every service runs again elsewhere, `invoke status` names the lost node,
+    and once it is back everything is converged."""
+    workers = [
+        n
+        for n in dev.client.nodes.list()
+        if n.attrs["Spec"]["Role"] == "worker" and not placement.held_targets(n)
+    ]
+    if not workers:
+        pytest.skip("needs a worker that holds no data: run with --nodes=3")
+    lost = workers[0]
+    name = placement.hostname(lost)
+    index = _index_of(dev, lost.id)
+    stacks = sorted(engine.deployed_stacks(dev.client) & {"core", *DATA_TARGETS})
+    dev.swarm.stop_node(index)
+    try:
+
+        def marked_down() -> bool:
+            lost.reload()
+            return lost.attrs["Status"]["State"] == "down"
+
+        dev.wait_for(marked_down, timeout=120, interval=1, what=f"the swarm to mark {name} down")
+
+        def everything_elsewhere() -> bool:
+            for stack in stacks:
+                for state in converge.stack_states(dev.client, stack):
+                    if state.mode == "global":
+                        continue  # one task per node: the lost node's cannot run
+                    assert state.converged, f"{state.name}: {state.summary()}"
+                    assert lost.id not in state.task_nodes, f"{state.name} still on {name}"
+            return True
+
+        dev.wait_for(everything_elsewhere, timeout=180, interval=2,
+                     what="every service to run on the remaining nodes")  # fmt: skip
+        result = dev.invoke("status")
+        assert f"node {name} (worker) is down" in result.stdout, result.stdout
+    finally:
+        dev.swarm.start_node(index)
+
+    def back() -> bool:
+        lost.reload()
+        assert lost.attrs["Status"]["State"] == "ready"
+        for stack in stacks:
+            for state in converge.stack_states(dev.client, stack):
+                assert state.converged, f"{state.name}: {state.summary()}"
+        return True
+
+    dev.wait_for(back, timeout=180, interval=2, what=f"{name} back and every stack converged")
