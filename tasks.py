@@ -4,6 +4,7 @@ from invoke import Collection
 
 from infra.tasks import (
     alerts,
+    app,
     backup,
     deploy,
     firewall,
@@ -29,6 +30,7 @@ ns.add_collection(Collection.from_module(alerts), "alerts")
 ns.add_collection(Collection.from_module(restore), "restore")
 ns.add_collection(Collection.from_module(lock), "lock")
 ns.add_collection(Collection.from_module(rollback), "rollback")
+ns.add_collection(Collection.from_module(app), "app")
 ns.add_task(status.status, "status")
 ns.add_task(logs.logs, "logs")
 ns.add_task(history.history, "history")

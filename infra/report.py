@@ -13,6 +13,7 @@ import docker
 
 from infra import converge, engine
 from infra.alerts import receivers
+from infra.apps.deploy import deployed_apps
 from infra.backup.records import Record, status_line
 from infra.backup.records import as_json as records_json
 from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
@@ -50,6 +51,25 @@ def _stack_lines(stack: StackPlan, root: Path) -> list[str]:
     deploy = shlex.join(stack.deploy_command())
     lines.append(f"  command     {render} | (changed services only) {deploy}")
     return lines
+
+
+def format_app_plan(plan) -> str:
+    """An app's plan (infra.apps.AppPlan): its stack, services, networks and secrets."""
+    app = plan.app
+    lines = [f"stack {plan.stack}  (app {app.app} of {app.env}, file {app.path})"]
+    for name, service in plan.document["services"].items():
+        route = app.routes.get(name)
+        where = f"routed: {route.rule} -> port {route.port}" if route else "not routed"
+        lines.append(f"  service     {plan.stack}_{name}  image {service['image']}  {where}")
+    lines.append("  networks    " + "  ".join(plan.networks))
+    lines += [f"  secret      {s.name}  (/run/secrets/{s.key})" for s in plan.secrets]
+    lines += [f"  {o.kind:<11} {o.name}  <- {o.source}" for o in plan.objects]
+    deploy = shlex.join(plan.stack_plan(Path("-")).deploy_command())
+    lines.append(
+        f"  command     docker stack config -c <the filled-in file> | (changed services only) "
+        f"{deploy}"
+    )
+    return "\n".join(lines)
 
 
 def access_info(settings: Settings, stacks: tuple[str, ...], values: dict[str, str] | None) -> str:
@@ -155,13 +175,18 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
     rows: list[dict] = []
     lines = [f"{'SERVICE':<28} {'REPLICAS':<10} {'HEALTH':<10} {'UPDATE':<20} {'IMAGE':<40} PORTS"]
     deployed = engine.deployed_stacks(client)
-    for stack in [*STACKS, *sorted(deployed - set(STACKS))]:
+    apps = deployed_apps(client)
+    for stack in _stack_order(deployed, apps):
         if stack not in deployed:
             lines.append(f"{stack}: not deployed")
             rows.append({"stack": stack, "deployed": False, "services": []})
             continue
         states = converge.stack_states(client, stack)
-        lines.append(f"{stack}:")
+        if stack in apps:
+            env, app = apps[stack]
+            lines.append(f"{stack}: app {app} of {env}")
+        else:
+            lines.append(f"{stack}:")
         services = []
         for s in states:
             health = s.health
@@ -192,7 +217,10 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
             if (verbose or s.health in ("gave-up", "retrying")) and not s.settled:
                 # Old errors of a service now running are history.
                 lines += [f"      task error: {e}" for e in s.errors]
-        rows.append({"stack": stack, "deployed": True, "services": services})
+        row = {"stack": stack, "deployed": True, "services": services}
+        if stack in apps:
+            row.update(environment=apps[stack][0], app=apps[stack][1])
+        rows.append(row)
     if verbose:
         lines.append("tasks:")
         for service in client.services.list():
@@ -206,6 +234,16 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
             found = [n for n in client.networks.list(names=[name]) if n.name == name]
             lines.append(f"  {name:<26} {'present' if found else 'missing'}")
     return "\n".join(lines), rows
+
+
+def _stack_order(deployed: set[str], apps: Mapping[str, tuple[str, str]]) -> list[str]:
+    """The platform's stacks in catalog order, each environment followed by its apps, then
+    any other stack of the swarm."""
+    order = []
+    for stack in STACKS:
+        order.append(stack)
+        order += sorted(name for name, (env, _) in apps.items() if env == stack)
+    return order + sorted(deployed - set(order))
 
 
 def disk_usage(data_root: Path) -> list[str]:

@@ -398,3 +398,24 @@ def render_secret(stack: str, key: str, values: Values) -> bytes:
             f"Set {ENV_FILE_TOKENS.get(key, key)} in .env and retry."
         )
     return content.encode()
+
+
+# What an application deployed into an environment (`invoke app.deploy`) is given: the
+# connection details of that environment's Postgres and Redis, each a Docker secret file
+# /run/secrets/<key>. Hosts and ports are no secrets, but reach the app the same way, so it
+# reads one place and none of it is a plain variable of its service.
+APP_SECRETS: dict[str, Renderer] = {
+    "postgres_host": lambda values, env: f"tasks.{env}_postgres",
+    "postgres_port": lambda values, env: "5432",
+    "postgres_db": _env_value("postgres_db"),
+    "postgres_user": _env_value("postgres_user"),
+    "postgres_password": _env_value("postgres_password"),
+    "redis_host": lambda values, env: f"tasks.{env}_redis",
+    "redis_port": lambda values, env: "6379",
+    "redis_password": _env_value("redis_password"),
+}
+
+
+def render_app_secret(env: str, key: str, values: Values) -> bytes:
+    """The content of an application's secret `key` in environment `env`."""
+    return APP_SECRETS[key](values, env).encode()

@@ -94,6 +94,9 @@ HELP.update(
         "shared_yes": (
             "confirm: the objects, Grafana's and n8n's data are replaced (Grafana and n8n stop)"
         ),
+        "app_file": "the app's compose file (see examples/app/compose.yml)",
+        "app_image": "image reference for ${APP_IMAGE} in the file, e.g. my-app:1.4.2",
+        "app": "the app's name (x-nextcandle: {app: NAME} in its file; see `invoke status`)",
     }
 )
 

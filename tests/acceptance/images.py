@@ -30,6 +30,10 @@ REQUIRE_IMAGES = "ACCEPTANCE_REQUIRE_IMAGES"
 SUITE_STACKS = catalog.DEPLOY_ALL
 # Images the suite runs itself, beside the services: its swarm's nodes.
 SUITE_TOOLS = ("DIND_IMAGE",)
+# Images the suite runs that are on no registry: a machine that can pull builds them from
+# their Dockerfile (its base images it can pull); here their stand-ins run. Variable -> the
+# directory of the Dockerfile, from the repository's root.
+SUITE_BUILDS = {"EXAMPLE_APP_IMAGE": "examples/app"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ def pull_list(images: Mapping[str, str], stacks_dir: Path = STACKS_DIR) -> list[
     return [images[variable] for variable in suite_image_variables(stacks_dir)]
 
 
+def build_list(images: Mapping[str, str]) -> list[str]:
+    """`<reference> <directory>` of each image a machine that can pull builds instead."""
+    return [f"{images[variable]} {directory}" for variable, directory in SUITE_BUILDS.items()]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.acceptance.images")
     parser.add_argument(
@@ -115,10 +124,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="print the image references the acceptance suite runs, one a line",
     )
+    parser.add_argument(
+        "--build-list",
+        action="store_true",
+        help="print `<reference> <Dockerfile directory>` of the images it builds, one a line",
+    )
     arguments = parser.parse_args(argv)
-    if not arguments.pull_list:
-        parser.error("nothing to do: give --pull-list")
-    print("\n".join(pull_list(load_settings().images)))
+    if arguments.build_list:
+        print("\n".join(build_list(load_settings().images)))
+    elif arguments.pull_list:
+        print("\n".join(pull_list(load_settings().images)))
+    else:
+        parser.error("nothing to do: give --pull-list or --build-list")
 
 
 if __name__ == "__main__":

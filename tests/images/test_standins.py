@@ -1297,3 +1297,86 @@ def test_every_buildable_standin_is_built(standin, standin_tags):
             missing.append(name)
     if missing:
         unavailable(f"stand-ins not built: {', '.join(missing)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# example-app (examples/app: the same app.py as its Dockerfile's image; its contract is the
+# one `invoke app.deploy` gives it: connection details as files under /run/secrets)
+
+
+def test_example_app_answers_with_the_row_and_key_it_reads_through_its_secret_files(
+    standin, containers, postgres, redis
+):
+    pg_container, connect = postgres
+    network = containers.network("example-app")
+    bridge = containers.client.networks.get(network)
+    bridge.connect(pg_container, aliases=["db"])
+    bridge.connect(redis, aliases=["cache"])
+    row, key = f"row-{uuid.uuid4().hex[:8]}", f"key-{uuid.uuid4().hex[:8]}"
+    with connect() as connection:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS example_message (id serial PRIMARY KEY, message text)"
+        )
+        connection.execute("INSERT INTO example_message (message) VALUES (%s)", (row,))
+    redis_cli(redis, "SET", "example:message", key, password=REDIS_PASSWORD)
+    details = {
+        "postgres_host": "db",
+        "postgres_port": "5432",
+        "postgres_db": PG_DB,
+        "postgres_user": PG_USER,
+        "postgres_password": PG_PASSWORD,
+        "redis_host": "cache",
+        "redis_port": "6379",
+        "redis_password": REDIS_PASSWORD,
+    }
+    app = containers.run(
+        standin("example-app"),
+        network=network,
+        environment={"APP_ENVIRONMENT": "stg"},
+        ports=loopback("8000/tcp"),
+        files={f"/run/secrets/{name}": secret(value) for name, value in details.items()},
+        detach=True,
+    )
+    url = f"http://127.0.0.1:{host_port(app, '8000/tcp')}/"
+
+    def answer():
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return json.loads(response.read())
+
+    body = wait_for(answer, timeout=30, what="the example app to answer", container=app)
+    assert body == {"environment": "stg", "row": row, "key": key}
+    assert process_uid(app) == 10001
+    # The health check of examples/app/compose.yml passes in the image.
+    check = yaml.safe_load((REPO / "examples" / "app" / "compose.yml").read_text())
+    exec_ok(app, check["services"]["web"]["healthcheck"]["test"][1:])
+    for value in (PG_PASSWORD, REDIS_PASSWORD):
+        assert value not in app.logs().decode(errors="replace")
+
+
+def test_example_app_says_503_without_naming_a_detail_when_a_database_is_down(standin, containers):
+    details = {
+        # Refused at once inside the container: no lookup or packet leaves it.
+        "postgres_host": "127.0.0.1",
+        "postgres_port": "1",
+        "postgres_db": "db",
+        "postgres_user": "user",
+        "postgres_password": "a-password-never-shown",
+        "redis_host": "127.0.0.1",
+        "redis_port": "1",
+        "redis_password": "another-password",
+    }
+    app = containers.run(
+        standin("example-app"),
+        ports=loopback("8000/tcp"),
+        files={f"/run/secrets/{name}": secret(value) for name, value in details.items()},
+        detach=True,
+    )
+    url = f"http://127.0.0.1:{host_port(app, '8000/tcp')}"
+    wait_for(lambda: http_status(f"{url}/health") == 200, timeout=30, what="the app", container=app)
+    try:
+        urllib.request.urlopen(f"{url}/", timeout=15)  # noqa: S310 (loopback)
+        raise AssertionError("the app answered 200 without its databases")
+    except urllib.error.HTTPError as error:
+        assert error.code == 503
+        text = error.read().decode()
+    assert "password" not in text and "127.0.0.1" not in text, text

@@ -72,7 +72,28 @@ def test_every_image_an_acceptance_test_names_is_pulled():
         for variable in re.findall(r'"([A-Z0-9_]+_IMAGE)"', path.read_text())
     }
     assert named
-    assert named - set(suite_image_variables()) == set()
+    assert named - set(suite_image_variables()) - set(images.SUITE_BUILDS) == set()
+
+
+@pytest.mark.parametrize("variable", sorted(images.SUITE_BUILDS), ids=str)
+def test_an_image_the_suite_builds_has_a_dockerfile_and_is_pulled_by_no_one(variable):
+    assert (REPO_ROOT / images.SUITE_BUILDS[variable] / "Dockerfile").is_file()
+    assert variable not in suite_image_variables()
+    assert variable in load_settings().images
+
+
+def test_build_list_prints_the_pinned_reference_and_the_directory():
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.acceptance.images", "--build-list"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pinned = load_settings().images
+    assert result.stdout.splitlines() == [
+        f"{pinned[v]} {d}" for v, d in images.SUITE_BUILDS.items()
+    ]
 
 
 def test_pull_list_prints_the_pinned_references():

@@ -61,3 +61,10 @@ def test_acceptance_pulls_the_suite_pull_list_before_the_suite(workflow):
     assert "python -m tests.acceptance.images --pull-list" in scripts[pull]
     assert "images.env" not in scripts[pull]  # not a second, hand-made list
     assert pull < next(i for i, run in enumerate(scripts) if "nox -s acceptance" in run)
+
+
+def test_acceptance_builds_the_suites_unpulled_images_before_the_suite(workflow):
+    scripts = [s.get("run", "") for s in _steps(workflow, "acceptance")]
+    (build,) = [i for i, run in enumerate(scripts) if "docker build" in run]
+    assert "python -m tests.acceptance.images --build-list" in scripts[build]
+    assert build < next(i for i, run in enumerate(scripts) if "nox -s acceptance" in run)

@@ -194,6 +194,38 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
+def _app_file(name: str, text: str) -> Scenario:
+    """An app's compose file in the directory the row's command runs in."""
+
+    def scenario(env, tmp):
+        (tmp / name).write_text(text)
+
+    scenario.__name__ = f"app_file_{name.split('.')[0]}"
+    return scenario
+
+
+app_publishes_a_port = _app_file(
+    "ports.yml", "services:\n  web:\n    image: example-app:1.0.0\n    ports: ['8080:80']\n"
+)
+app_mounts_the_docker_socket = _app_file(
+    "socket.yml",
+    "services:\n  web:\n    image: example-app:1.0.0\n"
+    "    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n",
+)
+app_joins_prod = _app_file(
+    "network.yml",
+    "services:\n  web:\n    image: example-app:1.0.0\n    networks: [prod]\n"
+    "networks:\n  prod: {external: true, name: prod_backend}\n",
+)
+app_image_latest = _app_file("latest.yml", "services:\n  web:\n    image: example-app:latest\n")
+app_file_not_compose = _app_file("notes.yml", "- deploy the app\n- then tell the team\n")
+app_routed_elsewhere = _app_file(
+    "route.yml",
+    "services:\n  web:\n    image: example-app:1.0.0\n    x-nextcandle: {port: 8000}\n"
+    "    deploy:\n      labels: ['traefik.http.routers.web.rule=Host(`www.example.com`)']\n",
+)
+
+
 # README row number -> how to set that mistake up (rows needing a swarm: SWARM_SCENARIOS).
 SCENARIOS: dict[int, Scenario] = {
     1: no_setup,
@@ -235,6 +267,12 @@ SCENARIOS: dict[int, Scenario] = {
     41: no_docker_command,
     42: docker_host_nobody_answers,
     43: backup_root_in_a_file,
+    44: app_publishes_a_port,
+    45: app_mounts_the_docker_socket,
+    46: app_joins_prod,
+    47: app_image_latest,
+    48: app_file_not_compose,
+    49: app_routed_elsewhere,
 }
 
 

@@ -1,0 +1,53 @@
+"""app.deploy, app.stop: the team's applications, deployed into one environment."""
+
+from invoke import task
+
+from infra.tasks.common import HELP, operator_errors, settings
+
+DEPLOY_HELP = {
+    "name": HELP["name"],
+    "file": HELP["app_file"],
+    "image": HELP["app_image"],
+    "dry_run": HELP["dry_run"],
+    "no_wait": HELP["no_wait"],
+    "timeout": HELP["timeout"],
+}
+
+
+@task(help=DEPLOY_HELP, auto_shortflags=False)
+@operator_errors
+def deploy(c, name="", file="", image="", dry_run=False, no_wait=False, timeout=300):
+    """Deploy an application stack (the team's compose file) into one environment."""
+    from infra import report
+    from infra.apps import deploy as apps
+
+    config = settings()
+    if dry_run:
+        plan = apps.prepare(config, name, file, image)
+        print(f"plan for app {plan.app.app} in {name} (dry run: nothing is changed)")
+        print(report.format_app_plan(plan))
+        return
+    apps.apply(config, name, file, image, wait=not no_wait, timeout=float(timeout))
+
+
+@task(
+    help={
+        "name": HELP["name"],
+        "app": HELP["app"],
+        "cleanup": HELP["cleanup"],
+        "dry_run": HELP["dry_run"],
+    },
+    auto_shortflags=False,
+)
+@operator_errors
+def stop(c, name="", app="", cleanup=False, dry_run=False):
+    """Stop an application in one environment (its stack; `invoke status` lists them)."""
+    from infra.apps import deploy as apps
+
+    if dry_run:
+        stack = apps.stack_to_stop(name, app)
+        print(f"would run: docker stack rm {stack}, then wait until its containers are gone")
+        if cleanup:
+            print(f"would remove {stack}'s secrets and configs that no service uses")
+        return
+    apps.stop(settings(), name, app, cleanup=cleanup)
