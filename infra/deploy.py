@@ -95,17 +95,23 @@ def require_docker_cli() -> None:
 
 def check_data_root(data_root: Path) -> None:
     """DATA_ROOT must be a directory we can create and write, before anything is changed."""
-    existing = data_root
+    check_writable_directory(data_root, "DATA_ROOT")
+
+
+def check_writable_directory(path: Path, setting: str) -> None:
+    """`path` (the value of `setting`) must be a directory this user can create and write:
+    one line before anything runs, instead of a failure half-way."""
+    existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise SettingsError(
-            f"DATA_ROOT {data_root} is inside a file ({existing}). Set DATA_ROOT to a directory."
+            f"{setting} {path} is inside a file ({existing}). Set {setting} to a directory."
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise SettingsError(
-            f"DATA_ROOT {data_root} cannot be written ({existing} is not writable by this user). "
-            "Set DATA_ROOT in .env to a writable directory, or fix its permissions."
+            f"{setting} {path} cannot be written ({existing} is not writable by this user). "
+            f"Set {setting} in .env to a writable directory, or fix its permissions."
         )
 
 

@@ -12,7 +12,6 @@ everything (--keep-all).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from infra.backup.env import backup_env
 from infra.backup.manifest import BackupError, BackupResult, Report, describe
 from infra.backup.shared import backup_shared, shared_containers
 from infra.catalog import ENVIRONMENTS, SHARED
+from infra.deploy import check_writable_directory
 from infra.errors import InfraError
 from infra.settings import Settings, check_target
 
@@ -41,18 +41,7 @@ class RunResult:
 def check_backup_root(backups: Path) -> None:
     """BACKUP_ROOT must be a directory this user can create and write, before anything runs
     (a file in its way would otherwise end the run half-way, after the dump)."""
-    existing = backups
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BackupError(
-            f"BACKUP_ROOT {backups} is inside a file ({existing}). Set BACKUP_ROOT to a directory."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BackupError(
-            f"BACKUP_ROOT {backups} cannot be written ({existing} is not writable by this "
-            "user). Set BACKUP_ROOT in .env to a writable directory, or fix its permissions."
-        )
+    check_writable_directory(backups, "BACKUP_ROOT")
 
 
 def run_backup(
