@@ -39,6 +39,22 @@ def running_container(client: docker.DockerClient, service: str):
     return found[0]
 
 
+def put_file(container, directory: str, local: Path, name: str, mode: int) -> None:
+    """Copy a local file into `directory` of a container as `name`, owned by root with
+    `mode`, as a tar stream from disk (never whole in memory)."""
+    with tempfile.TemporaryFile(dir=local.parent) as archive:
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            info = tar.gettarinfo(str(local), arcname=name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = mode
+            with local.open("rb") as handle:
+                tar.addfile(info, handle)
+        archive.seek(0)
+        if not container.put_archive(directory, archive):
+            raise BackupError(f"copying {local.name} into {container.name} failed.")
+
+
 def _exec(client, container, cmd: list[str], stdout=None) -> tuple[int, bytes, bytes]:
     """Run `cmd` in the container; stdout goes to the file `stdout` when given, else is
     returned. Returns (exit code, stdout, stderr)."""
@@ -85,17 +101,7 @@ class _ContainerDir:
 
     def put(self, local: Path, name: str) -> str:
         """Copy a local file in (as a tar stream from disk, never whole in memory)."""
-        with tempfile.TemporaryFile(dir=local.parent) as archive:
-            with tarfile.open(fileobj=archive, mode="w") as tar:
-                info = tar.gettarinfo(str(local), arcname=name)
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                info.mode = 0o600
-                with local.open("rb") as handle:
-                    tar.addfile(info, handle)
-            archive.seek(0)
-            if not self.container.put_archive(self.path, archive):
-                raise BackupError(f"copying {local.name} into {self.container.name} failed.")
+        put_file(self.container, self.path, local, name, 0o600)
         return f"{self.path}/{name}"
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets as random_tokens
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from infra.backup import records
-from infra.backup.containers import _check, _ContainerDir, _exec, _last_line, _long_client
+from infra.backup.containers import _check, _ContainerDir, _exec, _last_line, _long_client, put_file
 from infra.backup.manifest import MANIFEST, POSTGRES_DUMP, REDIS_RDB, BackupError, Report, validate
 from infra.backup.retention import backup_time
 from infra.backup.tables import STATS_ONLY, STATS_SQL, differences, parse_stats
@@ -284,14 +282,4 @@ def _wait(client, container, cmd, timeout: float, what: str, parse=None):
 def _put_readable(container, directory: str, local: Path, name: str) -> None:
     """Copy a backup file into a created (not started) container, readable by the image's
     unprivileged user (the backup's own file is 0600)."""
-    with tempfile.TemporaryFile(dir=local.parent) as archive:  # from disk, never whole in memory
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            info = tar.gettarinfo(str(local), arcname=name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            info.mode = 0o644
-            with local.open("rb") as handle:
-                tar.addfile(info, handle)
-        archive.seek(0)
-        if not container.put_archive(directory, archive):
-            raise BackupError(f"copying {local.name} into the throwaway {container.name} failed.")
+    put_file(container, directory, local, name, 0o644)
