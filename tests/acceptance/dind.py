@@ -38,6 +38,9 @@ ENGINE_PORT = 2375
 # What a node's engine needs of the seed: the image store. Everything else (engine id,
 # networks, containerd state, the swarm) each engine makes for itself.
 SEED_PARTS = ("image", "overlay2")
+# A kept seed of another image set is removed once no session has started a node on it
+# for this long: sessions with other image sets (a branch, the nodes suite) may run at once.
+SEED_IDLE_SECONDS = 3 * 3600
 
 
 @dataclass
@@ -248,10 +251,11 @@ class DindSwarm:
             kept = {v.name: v for v in self.outer.volumes.list(filters={"label": SEED_LABEL})}
             if name in kept and f"{name}-complete" in kept:
                 path = Path(kept[name].attrs["Mountpoint"])
-                return path if path.is_dir() else None
-            for volume in kept.values():  # other image sets, or a build that was cut short
-                with contextlib.suppress(APIError):
-                    volume.remove(force=True)
+                if not path.is_dir():
+                    return None
+                os.utime(path)  # in use: see SEED_IDLE_SECONDS
+                return path
+            self._remove_idle_seeds(kept)
             volume = self.outer.volumes.create(name, labels={SEED_LABEL: key})
             path = Path(volume.attrs["Mountpoint"])
             if not path.is_dir():
@@ -260,6 +264,23 @@ class DindSwarm:
             self._fill_seed(name, refs)
             self.outer.volumes.create(f"{name}-complete", labels={SEED_LABEL: key})
             return path
+
+    @staticmethod
+    def _remove_idle_seeds(kept: dict) -> None:
+        """Remove the kept seeds nobody used for SEED_IDLE_SECONDS, and any build that was
+        cut short (called under SEED_LOCK, so no build is under way)."""
+        complete = {name.removesuffix("-complete") for name in kept if name.endswith("-complete")}
+        for name, volume in kept.items():
+            seed = name.removesuffix("-complete")
+            path = Path(kept[seed].attrs["Mountpoint"]) if seed in kept else None
+            idle = (
+                path is None
+                or not path.is_dir()
+                or time.time() - path.stat().st_mtime > SEED_IDLE_SECONDS
+            )
+            if seed not in complete or idle:
+                with contextlib.suppress(APIError):
+                    volume.remove(force=True)
 
     def _fill_seed(self, volume: str, refs: list[str]) -> None:
         builder_name = f"nc-seed-{self.run_id}"
