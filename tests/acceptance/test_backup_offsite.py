@@ -364,16 +364,6 @@ def _tables(path: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-# A known defect, kept visible: in the one round trip run so far, restore.shared stopped at
-# a zero-byte object that the filer stored with other metadata than the backup's ("has other
-# metadata than the backup after it was written"). Strict: once the round trip passes, these
-# report XPASS as a failure and the marker must go.
-RESTORE_SHARED_DEFECT = pytest.mark.xfail(
-    strict=True,
-    reason="restore.shared: a zero-byte object comes back with other metadata (issue 12 open)",
-)
-
-
 @pytest.fixture(scope="module")
 def shared_round_trip(platform, tmp_path_factory):
     """Objects and a file in n8n's data backed up, both changed, then restore.shared."""
@@ -440,7 +430,6 @@ def shared_round_trip(platform, tmp_path_factory):
     (n8n_data / PROBE).unlink(missing_ok=True)
 
 
-@RESTORE_SHARED_DEFECT
 def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_trip):
     _one_line(shared_round_trip["refused"], "--yes")
     objects, backups = shared_round_trip["after_refusal"]
@@ -448,14 +437,12 @@ def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_tri
     assert backups == [shared_round_trip["source"]]  # not even a before-restore backup
 
 
-@RESTORE_SHARED_DEFECT
 def test_every_object_is_back_with_its_bytes_type_and_metadata(platform, shared_round_trip):
     state = _object_state(platform.s3(), shared_round_trip["bucket"])
     assert state == shared_round_trip["before"]
     assert state["reports/2026/summary.csv"][1:] == ("text/csv", {"owner": "alice", "run": "42"})
 
 
-@RESTORE_SHARED_DEFECT
 def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
     root = shared_round_trip["root"]
     saved = [p for p in (root / "shared").iterdir() if p.name.endswith("-before-restore")]
@@ -468,7 +455,6 @@ def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
     assert (saved[0] / "s3" / bucket / "reports/2026/summary.csv").read_bytes() == b"changed"
 
 
-@RESTORE_SHARED_DEFECT
 def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
     data = platform.settings.data_root / "shared" / "n8n"
@@ -491,7 +477,6 @@ def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_tr
     )
 
 
-@RESTORE_SHARED_DEFECT
 def test_n8ns_database_is_back_and_n8n_runs_on_it(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
     source = shared_round_trip["source"]
@@ -511,7 +496,6 @@ def test_n8ns_database_is_back_and_n8n_runs_on_it(platform, shared_round_trip):
     assert isinstance(response, requests.Response)
 
 
-@RESTORE_SHARED_DEFECT
 def test_grafanas_data_is_back(platform, shared_round_trip):
     platform.require("GRAFANA_IMAGE")
     source = shared_round_trip["source"]
