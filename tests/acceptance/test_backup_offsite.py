@@ -31,6 +31,7 @@ import sqlite3
 import tarfile
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -40,6 +41,7 @@ import yaml
 from botocore.client import Config
 
 from infra import secrets
+from infra.backup import records
 from tests.acceptance.dind import LABEL
 from tests.acceptance.test_backup import PROD_KEYS, _seed_prod, redis_state, table_state
 
@@ -278,6 +280,9 @@ def test_a_copy_that_cannot_be_made_fails_and_keeps_the_local_backup(
     (kept,) = sorted((tmp_path / "backups" / "prod").iterdir())
     assert str(kept) in line
     assert (kept / "manifest.json").is_file() and (kept / "postgres.dump").is_file()
+    record = records.read_offsite(platform.settings, "prod")  # OffsiteCopyFailed reads it
+    assert record is not None and not record.success
+    assert record.last_success is not None  # the round trip's copy, kept from before
 
 
 def test_an_unreachable_bucket_fails_in_one_line(platform, remote, offsite_round_trip, tmp_path):
@@ -336,6 +341,50 @@ def test_a_missing_remote_copy_is_one_line(platform, remote, offsite_round_trip,
         "restore.env", "--name=stg", f"--from={missing}", **remote.settings(tmp_path / "b")
     )
     _one_line(result, "holds no backup")
+
+
+def test_the_bucket_keeps_what_backup_keep_keeps(platform, remote, offsite_round_trip, tmp_path):
+    """Last of the off-site tests: the run below prunes the round trip's copy (no longer the
+    newest of its day) from the bucket."""
+    s3 = remote.client()
+    now = datetime.now(UTC)
+    yesterday = (now - timedelta(days=1)).strftime("%Y%m%d")
+    long_ago = f"{now.year - 3}0115"
+    two_months_ago = (now - timedelta(days=65)).strftime("%Y%m%d")
+    fakes = {
+        # name: pruned by BACKUP_KEEP=7d,4w,6m?
+        f"{yesterday}T010000Z": True,  # yesterday, not its newest
+        f"{yesterday}T020000Z": False,  # yesterday's newest
+        f"{two_months_ago}T030000Z": False,  # the newest of its month, 2 or 3 months back
+        f"{long_ago}T030000Z": True,  # three years back
+        f"{long_ago}T030000Z-before-restore": False,  # never pruned
+        f"{long_ago}T040000Z": False,  # no manifest: an upload cut short, left alone
+    }
+    for name in fakes:
+        for file, content in offsite_round_trip["local_files"].items():
+            if file != "manifest.json" or name != f"{long_ago}T040000Z":
+                s3.put_object(Bucket=remote.bucket, Key=f"prod/{name}/{file}", Body=content)
+    before = {key.split("/")[0] for key in _objects(remote, "prod/")}
+
+    result = platform.invoke("backup.env", "--name=prod", **remote.settings(tmp_path / "b"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (new,) = sorted((tmp_path / "b" / "prod").iterdir())
+    round_trip = offsite_round_trip["name"]
+    # The round trip's copy is pruned too, unless midnight (UTC) passed between the two.
+    round_trip_pruned = round_trip[:8] == new.name[:8]
+    expected = {name for name, pruned in fakes.items() if pruned}
+    expected |= {round_trip} if round_trip_pruned else set()
+    lines = [line for line in result.stdout.splitlines() if line.startswith("pruned off-site")]
+    assert sorted(lines) == sorted(
+        f"pruned off-site copy s3://{remote.bucket}/prod/{name}/" for name in expected
+    )
+    after = {key.split("/")[0] for key in _objects(remote, "prod/")}
+    assert after == (before | {new.name}) - expected
+    assert records.read_offsite(platform.settings, "prod").success
+    kept = _objects(remote, f"prod/{new.name}/")
+    assert {name: _sha256(data) for name, data in kept.items() if name != "manifest.json"} == {
+        name: _sha256((new / name).read_bytes()) for name in kept if name != "manifest.json"
+    }
 
 
 # --- restore.shared ----------------------------------------------------------------------
