@@ -31,7 +31,6 @@ import sqlite3
 import tarfile
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -43,7 +42,13 @@ from botocore.client import Config
 from infra import secrets
 from infra.backup import records
 from tests.acceptance.dind import LABEL
-from tests.acceptance.test_backup import PROD_KEYS, _seed_prod, redis_state, table_state
+from tests.acceptance.test_backup import (
+    PROD_KEYS,
+    _seed_prod,
+    redis_state,
+    retention_fakes,
+    table_state,
+)
 
 REMOTE_S3_PORT = 8333
 REGION = "eu-central-1"
@@ -347,22 +352,10 @@ def test_the_bucket_keeps_what_backup_keep_keeps(platform, remote, offsite_round
     """Last of the off-site tests: the run below prunes the round trip's copy (no longer the
     newest of its day) from the bucket."""
     s3 = remote.client()
-    now = datetime.now(UTC)
-    yesterday = (now - timedelta(days=1)).strftime("%Y%m%d")
-    long_ago = f"{now.year - 3}0115"
-    two_months_ago = (now - timedelta(days=65)).strftime("%Y%m%d")
-    fakes = {
-        # name: pruned by BACKUP_KEEP=7d,4w,6m?
-        f"{yesterday}T010000Z": True,  # yesterday, not its newest
-        f"{yesterday}T020000Z": False,  # yesterday's newest
-        f"{two_months_ago}T030000Z": False,  # the newest of its month, 2 or 3 months back
-        f"{long_ago}T030000Z": True,  # three years back
-        f"{long_ago}T030000Z-before-restore": False,  # never pruned
-        f"{long_ago}T040000Z": False,  # no manifest: an upload cut short, left alone
-    }
+    fakes, unverified = retention_fakes()  # an upload cut short has no manifest
     for name in fakes:
         for file, content in offsite_round_trip["local_files"].items():
-            if file != "manifest.json" or name != f"{long_ago}T040000Z":
+            if file != "manifest.json" or name != unverified:
                 s3.put_object(Bucket=remote.bucket, Key=f"prod/{name}/{file}", Body=content)
     before = {key.split("/")[0] for key in _objects(remote, "prod/")}
 
