@@ -11,7 +11,7 @@ from pathlib import Path
 
 import docker
 
-from infra import converge, engine
+from infra import converge
 from infra.alerts import receivers
 from infra.backup.records import Record, status_line
 from infra.backup.records import as_json as records_json
@@ -129,13 +129,14 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
     """One table of stacks and services; with `verbose`, tasks and networks too."""
     rows: list[dict] = []
     lines = [f"{'SERVICE':<28} {'REPLICAS':<10} {'HEALTH':<10} {'UPDATE':<20} {'IMAGE':<40} PORTS"]
-    deployed = engine.deployed_stacks(client)
-    for stack in [*STACKS, *sorted(deployed - set(STACKS))]:
+    # Every stack in two API calls (services, tasks), however many stacks and services.
+    deployed = converge.platform_states(client)
+    for stack in [*STACKS, *sorted(set(deployed) - set(STACKS))]:
         if stack not in deployed:
             lines.append(f"{stack}: not deployed")
             rows.append({"stack": stack, "deployed": False, "services": []})
             continue
-        states = converge.stack_states(client, stack)
+        states = deployed[stack]
         lines.append(f"{stack}:")
         services = []
         for s in states:

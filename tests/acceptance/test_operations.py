@@ -15,6 +15,7 @@ import yaml
 from infra import converge, deploy, engine
 from infra.errors import ConvergeError
 from infra.settings import REPO_ROOT
+from tests import apicalls
 
 
 def _versions(platform, *stacks) -> dict[str, int]:
@@ -171,7 +172,7 @@ def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
         "dev_redis-exporter",
     }, lines
     started = time.monotonic()
-    with engine.count_api_calls(dev.client) as calls:
+    with apicalls.count_api_calls(dev.client) as calls:
         states = converge.wait_converged(
             dev.client,
             "dev",
@@ -190,7 +191,7 @@ def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
     assert calls.by_endpoint["GET /events"] == 1, calls.summary()  # it listened
     assert calls.total <= budget, calls.summary()
 
-    with engine.count_api_calls(dev.client) as calls:
+    with apicalls.count_api_calls(dev.client) as calls:
         converge.wait_converged(dev.client, "dev", changed=set(), progress=lines.append)
     assert calls.total == 2, calls.summary()  # the stack's services and their tasks
 
@@ -210,7 +211,7 @@ def test_an_event_driven_wait_reports_a_rolled_back_update_within_its_budget(dev
     assert changed == ["dev_redis"]
     started = time.monotonic()
     with (
-        engine.count_api_calls(dev.client) as calls,
+        apicalls.count_api_calls(dev.client) as calls,
         pytest.raises(ConvergeError, match="dev_redis was rolled back") as raised,
     ):
         converge.wait_converged(
