@@ -240,3 +240,17 @@ def test_an_event_driven_wait_reports_a_rolled_back_update_within_its_budget(dev
     assert "dev: up to date, 0 services changed" in lines
     # The dind engines are Docker 28: no warning about start_interval.
     assert not [line for line in lines if line.startswith("warning:")], lines
+
+
+def test_the_status_table_reads_every_stack_in_two_api_calls(dev):
+    """However many stacks and services are deployed: every service, then every task."""
+    from infra import report
+
+    dev.apply("dev")
+    with apicalls.count_api_calls(dev.client) as calls:
+        text, rows = report.status_table(dev.client)
+    deployed = {row["stack"] for row in rows if row["deployed"]}
+    assert {"core", "dev"} <= deployed, text
+    dev_rows = next(row for row in rows if row["stack"] == "dev")["services"]
+    assert dev_rows and all(service["health"] == "ok" for service in dev_rows), text
+    assert calls.total == 2, calls.summary()
