@@ -167,7 +167,9 @@ def warm_up(bench: Bench) -> None:
     bench.figures["first deploy of the other stacks"] = first.seconds
     log(f"  {first.seconds:.1f} s")
     image = bench.settings.images["REDIS_IMAGE"]
-    bench.extra[synthetic.STACK] = synthetic.plan(bench.workdir, image)
+    bench.extra[synthetic.STACK] = synthetic.plan(
+        bench.workdir, image, bench.settings.engine_variables()
+    )
     bench.rendered = {stack: render(bench, stack) for stack in (*DEPLOY_ALL, synthetic.STACK)}
     stop_stacks(bench, DEPLOY_ALL)
 

@@ -23,7 +23,7 @@ import docker
 import yaml
 
 from infra import converge, deploy, engine, secrets
-from infra.plan import StackPlan, plan_stack
+from infra.plan import StackPlan, plan_stack, scale_reservations
 from infra.settings import Settings, load_settings
 from tests.acceptance.conftest import DEPLOY_TIMEOUT, WORK_PARENT, swarm_settings
 from tests.acceptance.dind import DindSwarm
@@ -320,6 +320,8 @@ def render(bench: Bench, stack: str) -> tuple[str, str]:
         values = secrets.with_env_tokens(secrets.load(bench.settings), bench.settings)
         plan = plan_stack(stack, bench.settings, values, tunnel=False)
     rendered = engine.render_stack([str(p) for p in plan.files], plan.variables)
+    # The reservations apply scales (RESERVATIONS_SCALE), so both ways fit on the node alike.
+    rendered = scale_reservations(rendered, plan.reservations_scale)
     for name in plan.disabled:
         rendered["services"].pop(name, None)
     text = yaml.safe_dump(deploy._escape_dollars(rendered), sort_keys=False)

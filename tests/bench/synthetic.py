@@ -4,6 +4,7 @@ the platform's own (stacks/*.yml, x-healthcheck-timing)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 
@@ -47,14 +48,17 @@ def stack_file(image: str, services: int = SERVICES) -> dict:
     }
 
 
-def plan(workdir: Path, image: str, services: int = SERVICES) -> StackPlan:
-    """What `deploy_stack` needs to deploy the generated stack as it deploys the catalog's."""
+def plan(
+    workdir: Path, image: str, variables: Mapping[str, str], services: int = SERVICES
+) -> StackPlan:
+    """What `deploy_stack` needs to deploy the generated stack as it deploys the catalog's;
+    `variables` are the docker CLI's (its DOCKER_HOST: Settings.engine_variables)."""
     path = workdir / f"{STACK}.yml"
     path.write_text(yaml.safe_dump(stack_file(image, services), sort_keys=False))
     return StackPlan(
         name=STACK,
         files=(path,),
-        variables={},
+        variables=dict(variables),
         secrets=(),
         configs=(),
         data_dirs=(),
