@@ -153,6 +153,19 @@ def measure_platform(bench: Bench, platform: Platform, index: int, last: bool, r
     for how, step in ways[shift:] + ways[:shift]:
         watch(bench, f"round {index + 1}, before {platform.key} {how}")
         step()
+        # Said as it goes, so a run cut short still shows what it measured.
+        for name, runs in bench.runs.items():
+            if name.startswith(f"{platform.key} {how}") or name.startswith(
+                f"{platform.key} noop {how}"
+            ):
+                run = runs[-1]
+                calls = f", {run.api_calls} API calls ({run.wait_api_calls} waiting)"
+                log(
+                    f"  {name}: {run.seconds:.2f} s"
+                    + (f", engine ready {run.engine_ready:.2f} s" if run.engine_ready else "")
+                    + (calls if run.api_calls is not None else "")
+                    + (f", {run.updates} updated" if run.updates is not None else "")
+                )
 
 
 def warm_up(bench: Bench) -> None:

@@ -121,13 +121,14 @@ def start(outer: docker.DockerClient) -> Bench:
     swarm = DindSwarm(image=dind.ref, node_count=1, data_root=data_root, node_ports=(), outer=outer)
     bench = None
     try:
-        started = time.perf_counter()
-        swarm.start()
-        log(f"dind node up and swarm initialised in {time.perf_counter() - started:.1f} s")
+        # The same images as the acceptance suite's swarm: its kept image seed serves both.
         refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
         started = time.perf_counter()
-        swarm.load_images(refs)
-        log(f"{len(refs)} images loaded into the node in {time.perf_counter() - started:.1f} s")
+        swarm.start(images=refs)
+        log(
+            f"dind node up with {len(refs)} images and swarm initialised in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         settings, disabled = swarm_settings(swarm, images, workdir)
         bench = Bench(settings=settings, swarm=swarm, workdir=workdir)
         log(f"manager {swarm.manager.engine_url}; left out (no image here): {', '.join(disabled)}")
