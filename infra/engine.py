@@ -13,11 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 
 import docker
-import yaml
 from docker.errors import APIError, DockerException, NotFound
 
 from infra.errors import EngineError
-from infra.plan import LABEL_STACK, DockerObject
+from infra.plan import LABEL_STACK, DockerObject, load_yaml
 from infra.targets import SwarmNode
 
 STACK_NAMESPACE = "com.docker.stack.namespace"
@@ -205,7 +204,7 @@ def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
     for path in files:
         command += ["-c", str(path)]
     result = docker_cli(command, variables)
-    return yaml.safe_load(result.stdout)
+    return load_yaml(result.stdout)
 
 
 def running_container(client: docker.DockerClient, service: str) -> str:

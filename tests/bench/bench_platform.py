@@ -165,7 +165,10 @@ def measure_platform(bench: Bench, platform: Platform, index: int, last: bool, r
                     + (f", engine ready {run.engine_ready:.2f} s" if run.engine_ready else "")
                     + (calls if run.api_calls is not None else "")
                     + (f", {run.updates} updated" if run.updates is not None else "")
+                    + (f"; last running: {run.slowest}" if run.slowest else "")
                 )
+                if run.phases:
+                    log("    " + ", ".join(f"{k} {v:.2f}" for k, v in run.phases.items()))
 
 
 def warm_up(bench: Bench) -> None:
@@ -357,6 +360,8 @@ def print_report(bench: Bench, machine: dict[str, str]) -> None:
         if not all(run.converged for run in runs):
             extra += "  NOT CONVERGED when docker returned"
         print(f"  {name:<22} {figures}{extra}")
+        if runs and runs[-1].slowest:
+            print(f"  {'':<22} last running (s from the start): {runs[-1].slowest}")
     for name in ("first deploy of dev", "first deploy of the other stacks"):
         print(f"  {name}: {bench.figures[name]:.1f} s")
     print()

@@ -69,6 +69,7 @@ class Run:
     wait_api_calls: int | None = None  # of them, during the convergence waits
     services_changed: int | None = None  # what the deploy handed to the engine
     api_summary: str = ""
+    slowest: dict[str, float] = field(default_factory=dict)  # last services running, seconds
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Bench:
     workdir: Path
     rendered: dict[str, tuple[str, str]] = field(default_factory=dict)  # stack -> (yaml, resolve)
     extra: dict[str, StackPlan] = field(default_factory=dict)  # stacks outside the catalog
+    generated: dict[str, list] = field(default_factory=dict)  # stack -> configs infra makes
     runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))
     figures: dict[str, object] = field(default_factory=dict)
     disturbed: list[str] = field(default_factory=list)  # other test runs seen while measuring
@@ -163,16 +165,23 @@ def _epoch(stamp: str) -> float:
     return base + float(f"0.{fraction or 0}")
 
 
-def engine_ready_at(bench: Bench, stacks: Sequence[str]) -> float:
-    """When (epoch seconds) the last task the stacks want running reached `running`: the
-    engine's own convergence, whatever the deploy tool waited for after it."""
-    latest = 0.0
+def ready_times(bench: Bench, stacks: Sequence[str]) -> dict[str, float]:
+    """When (epoch seconds) each service's last task the stacks want running reached
+    `running`, by service."""
+    ready: dict[str, float] = {}
     for stack in stacks:
         for service in engine.stack_services(bench.client, stack):
             for task in service.tasks(filters={"desired-state": "running"}):
                 if task["Status"]["State"] == "running":
-                    latest = max(latest, _epoch(task["Status"]["Timestamp"]))
-    return latest
+                    at = _epoch(task["Status"]["Timestamp"])
+                    ready[service.name] = max(ready.get(service.name, 0.0), at)
+    return ready
+
+
+def engine_ready_at(bench: Bench, stacks: Sequence[str]) -> float:
+    """When (epoch seconds) the last task the stacks want running reached `running`: the
+    engine's own convergence, whatever the deploy tool waited for after it."""
+    return max(ready_times(bench, stacks).values(), default=0.0)
 
 
 def all_converged(bench: Bench, stacks: Sequence[str]) -> bool:
@@ -199,7 +208,8 @@ def others_running() -> list[str]:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if re.search(r"pytest|\bnox\b", command):
+        # A process waiting for the Docker lock (flock) or wrapping one (timeout) uses nothing.
+        if re.search(r"pytest|\bnox\b", command) and not command.startswith(("flock", "timeout")):
             found.append(f"{entry.name}: {command.strip()[:80]}")
     return found
 
@@ -298,9 +308,12 @@ def ours(bench: Bench, target: str, stacks: Sequence[str]) -> Run:
                 client=bench.client,
             )
         seconds = time.perf_counter() - started
+    ready = ready_times(bench, stacks)
+    slowest = sorted(ready.items(), key=lambda item: item[1], reverse=True)[:3]
     return Run(
         seconds=seconds,
-        engine_ready=engine_ready_at(bench, stacks) - wall,
+        engine_ready=max(ready.values(), default=wall) - wall,
+        slowest={name: round(at - wall, 2) for name, at in slowest},
         phases={**spent, "other (infra's own code)": seconds - sum(spent.values())},
         api_calls=calls.total,
         wait_api_calls=by_phase.get(WAIT_PHASE, 0),
@@ -319,14 +332,26 @@ def render(bench: Bench, stack: str) -> tuple[str, str]:
         plan = bench.extra[stack]
     else:
         values = secrets.with_env_tokens(secrets.load(bench.settings), bench.settings)
-        plan = plan_stack(stack, bench.settings, values, tunnel=False)
+        # With the swarm's nodes, as apply plans it: the configs generated from them exist.
+        nodes = engine.swarm_nodes(bench.client)
+        plan = plan_stack(stack, bench.settings, values, tunnel=False, nodes=nodes)
     rendered = engine.render_stack([str(p) for p in plan.files], plan.variables)
     # The reservations apply scales (RESERVATIONS_SCALE), so both ways fit on the node alike.
     rendered = scale_reservations(rendered, plan.reservations_scale)
     for name in plan.disabled:
         rendered["services"].pop(name, None)
     text = yaml.safe_dump(deploy._escape_dollars(rendered), sort_keys=False)
+    # The configs infra generates (Prometheus' node targets) carry the stack's namespace, so
+    # `docker stack rm` removes them: the plain way creates them again before each deploy.
+    bench.generated[stack] = [obj for obj in plan.configs if obj.generated]
     return text, plan.resolve_image
+
+
+def create_generated_configs(bench: Bench, stacks: Sequence[str]) -> None:
+    """What a plain docker user does first (`docker config create`), not timed."""
+    for stack in stacks:
+        for obj in bench.generated.get(stack, []):
+            engine.ensure_config(bench.client, obj)
 
 
 def stack_deploy(bench: Bench, stack: str, detach: bool) -> None:
@@ -349,6 +374,7 @@ def cli_wait(bench: Bench, stacks: Sequence[str]) -> Run:
     """`docker stack deploy --detach=false -c - <stack>`, one stack after the other. The CLI
     returns once every service has run for its update monitor period (30 s here), one
     service after the other."""
+    create_generated_configs(bench, stacks)
     wall = time.time()
     started = time.perf_counter()
     for stack in stacks:
@@ -365,6 +391,7 @@ def plain(bench: Bench, stacks: Sequence[str]) -> Run:
     """The plain floor: `docker stack deploy` (detached) of every stack at once, then
     `docker service ls` every POLL_PLAIN s until each of their services shows n/n replicas
     (a task with a health check counts as running once it is healthy)."""
+    create_generated_configs(bench, stacks)
     wall = time.time()
     started = time.perf_counter()
     for stack in stacks:
