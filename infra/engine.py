@@ -7,23 +7,16 @@ The `docker` CLI is used only for what the SDK cannot do: `docker stack deploy|c
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from collections.abc import Mapping, Sequence
 
 import docker
-import yaml
 from docker.errors import APIError, DockerException, NotFound
 
 from infra.errors import EngineError
-from infra.plan import LABEL_STACK, DockerObject
+from infra.plan import LABEL_STACK, DockerObject, load_yaml
 from infra.targets import SwarmNode
 
 STACK_NAMESPACE = "com.docker.stack.namespace"
@@ -70,52 +63,6 @@ def start_interval_warning(version: tuple[int, int]) -> str:
         "checks ignore start_interval, so services take up to one interval longer to become "
         "healthy. Upgrade Docker to 25 or later for fast deploys."
     )
-
-
-@dataclass
-class ApiCalls:
-    """The requests a client made to the engine while counted, by method and endpoint
-    (`GET /services`, `GET /tasks`, `GET /events`, ...)."""
-
-    by_endpoint: Counter = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_endpoint.values())
-
-    def add(self, method: str, url: str) -> None:
-        path = urlsplit(url).path
-        parts = [p for p in path.split("/") if p and not re.fullmatch(r"v\d+\.\d+", p)]
-        endpoint = f"{method} /{parts[0] if parts else ''}"
-        if len(parts) > 2:  # /services/<id>/update, /containers/<id>/json
-            endpoint += f"/*/{parts[-1]}"
-        elif len(parts) == 2:
-            endpoint += "/*"
-        with self._lock:
-            self.by_endpoint[endpoint] += 1
-
-    def summary(self) -> str:
-        return ", ".join(f"{name} {n}" for name, n in self.by_endpoint.most_common())
-
-
-@contextmanager
-def count_api_calls(client: docker.DockerClient) -> Iterator[ApiCalls]:
-    """Count every request `client` sends to the engine inside the block (from any thread:
-    the event stream's too). Counters nest."""
-    calls = ApiCalls()
-    api = client.api
-    original = api.send  # every request of the SDK goes through the session's send
-
-    def send(request, **kwargs):
-        calls.add(request.method, request.url)
-        return original(request, **kwargs)
-
-    api.send = send
-    try:
-        yield calls
-    finally:
-        api.send = original
 
 
 def swarm_state(client: docker.DockerClient) -> tuple[str, bool]:
@@ -257,7 +204,7 @@ def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
     for path in files:
         command += ["-c", str(path)]
     result = docker_cli(command, variables)
-    return yaml.safe_load(result.stdout)
+    return load_yaml(result.stdout)
 
 
 def running_container(client: docker.DockerClient, service: str) -> str:

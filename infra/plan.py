@@ -185,9 +185,19 @@ def interpolate(text: str, variables: Mapping[str, str], where: str) -> str:
     return _VARIABLE.sub(replace, text)
 
 
+# libyaml's parser where PyYAML has it (its wheels do): the same safe loading, some ten times
+# faster; a deploy reads every stack file twice and parses every rendered stack.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load, with libyaml's parser where available."""
+    return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a safe loader
+
+
 def _read_stack_file(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"stack file {path} cannot be read: {exc}") from exc
     if not isinstance(data, dict):

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import docker
 
-from infra import converge, engine
+from infra import converge
 from infra.alerts import receivers
-from infra.apps.deploy import deployed_apps
+from infra.apps.deploy import apps_of
 from infra.backup.records import Record, status_line
 from infra.backup.records import as_json as records_json
 from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
@@ -174,14 +174,16 @@ def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[st
     """One table of stacks and services; with `verbose`, tasks and networks too."""
     rows: list[dict] = []
     lines = [f"{'SERVICE':<28} {'REPLICAS':<10} {'HEALTH':<10} {'UPDATE':<20} {'IMAGE':<40} PORTS"]
-    deployed = engine.deployed_stacks(client)
-    apps = deployed_apps(client)
-    for stack in _stack_order(deployed, apps):
+    # Every stack and app in two API calls (services, tasks), however many there are.
+    services = client.services.list(status=True)
+    deployed = converge.platform_states(client, services)
+    apps = apps_of(services)
+    for stack in _stack_order(set(deployed), apps):
         if stack not in deployed:
             lines.append(f"{stack}: not deployed")
             rows.append({"stack": stack, "deployed": False, "services": []})
             continue
-        states = converge.stack_states(client, stack)
+        states = deployed[stack]
         if stack in apps:
             env, app = apps[stack]
             lines.append(f"{stack}: app {app} of {env}")

@@ -52,11 +52,17 @@ def _network_exists(client: docker.DockerClient, name: str) -> bool:
 
 def deployed_apps(client: docker.DockerClient) -> dict[str, tuple[str, str]]:
     """Deployed app stacks: stack name -> (environment, app), from their services' labels."""
+    return apps_of(client.services.list(filters={"label": APP_LABEL}))
+
+
+def apps_of(services: list) -> dict[str, tuple[str, str]]:
+    """The app stacks among `services` (SDK services, already read): stack name ->
+    (environment, app), from their labels."""
     found = {}
-    for service in client.services.list(filters={"label": APP_LABEL}):
+    for service in services:
         labels = service.attrs["Spec"].get("Labels") or {}
         stack = labels.get(engine.STACK_NAMESPACE)
-        if stack and labels.get(ENV_LABEL):
+        if stack and labels.get(APP_LABEL) and labels.get(ENV_LABEL):
             found[stack] = (labels[ENV_LABEL], labels[APP_LABEL])
     return found
 
