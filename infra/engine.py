@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
@@ -65,9 +65,10 @@ def start_interval_warning(version: tuple[int, int]) -> str:
     )
 
 
-def swarm_state(client: docker.DockerClient) -> tuple[str, bool]:
-    """(LocalNodeState, whether this node is a manager)."""
-    swarm = client.info().get("Swarm", {})
+def swarm_state(client: docker.DockerClient, info: dict | None = None) -> tuple[str, bool]:
+    """(LocalNodeState, whether this node is a manager), from `info` (the engine's, read
+    already) when given."""
+    swarm = (client.info() if info is None else info).get("Swarm", {})
     return swarm.get("LocalNodeState", "inactive"), bool(swarm.get("ControlAvailable"))
 
 
@@ -128,9 +129,18 @@ def existing_secret_names(client: docker.DockerClient) -> set[str]:
     return {secret.name for secret in client.secrets.list()}
 
 
-def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
-    """Create a content-named secret unless it exists. Returns True if it was created."""
-    if obj.name in {s.name for s in client.secrets.list(filters={"name": obj.name})}:
+def existing_config_names(client: docker.DockerClient) -> set[str]:
+    return {config.name for config in client.configs.list()}
+
+
+def ensure_secret(
+    client: docker.DockerClient, obj: DockerObject, existing: Collection[str] | None = None
+) -> bool:
+    """Create a content-named secret unless it exists (in `existing`, the names read once for
+    many, when given). Returns True if it was created."""
+    if existing is None:
+        existing = {s.name for s in client.secrets.list(filters={"name": obj.name})}
+    if obj.name in existing:
         return False
     try:
         client.secrets.create(name=obj.name, data=obj.data, labels=obj.labels)
@@ -141,11 +151,15 @@ def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
     return True
 
 
-def ensure_config(client: docker.DockerClient, obj: DockerObject) -> bool:
-    """Create a content-named config infra generated, unless it exists. It carries the stack
-    label `docker stack deploy` puts on the configs it creates, so it is pruned like them.
-    Returns True if it was created."""
-    if obj.name in {c.name for c in client.configs.list(filters={"name": obj.name})}:
+def ensure_config(
+    client: docker.DockerClient, obj: DockerObject, existing: Collection[str] | None = None
+) -> bool:
+    """Create a content-named config infra generated, unless it exists (in `existing`, when
+    given). It carries the stack label `docker stack deploy` puts on the configs it creates,
+    so it is pruned like them. Returns True if it was created."""
+    if existing is None:
+        existing = {c.name for c in client.configs.list(filters={"name": obj.name})}
+    if obj.name in existing:
         return False
     try:
         client.configs.create(

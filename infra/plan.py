@@ -5,6 +5,7 @@ target needs, with content-hashed names. Pure: reads files, never talks to Docke
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -197,12 +198,20 @@ def load_yaml(text: str):
 
 def _read_stack_file(path: Path) -> dict:
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        stat = path.stat()
+        data = _parsed_stack_file(str(path), stat.st_mtime_ns, stat.st_size)
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"stack file {path} cannot be read: {exc}") from exc
     if not isinstance(data, dict):
         raise SettingsError(f"stack file {path} is not a compose file.")
-    return data
+    return copy.deepcopy(data)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_stack_file(path: str, mtime_ns: int, size: int):
+    """A stack file parsed once per version of it (its path, time and size): a deploy plans
+    every stack twice and each plan reads each file twice. Callers get a copy."""
+    return load_yaml(Path(path).read_text(encoding="utf-8"))
 
 
 # Configs a stack file declares `external: true`: infra makes their content and creates

@@ -35,14 +35,21 @@ from tests.apicalls import ApiCalls, count_api_calls
 WAIT_PHASE = "wait converged (events; polls)"
 PHASES: dict[str, tuple[tuple[object, str], ...]] = {
     "prepare (read files, plan, hash)": ((deploy, "prepare"),),
-    "engine reads (swarm, networks, live labels)": (
+    "engine reads (swarm, nodes, ports, networks, live labels)": (
         (engine, "swarm_state"),
         (engine, "ensure_swarm"),
+        (deploy, "check_ports_free"),
         (engine, "ensure_network"),
         (engine, "stack_services"),
     ),
-    "secrets (ensure each)": ((engine, "ensure_secret"),),
-    "render (docker stack config)": ((engine, "render_stack"),),
+    "secrets and configs (listed once, created if missing)": (
+        (engine, "existing_secret_names"),
+        (engine, "existing_config_names"),
+        (engine, "ensure_secret"),
+        (engine, "ensure_config"),
+    ),
+    # render_all runs the renders side by side: timed as one.
+    "render (docker stack config)": ((deploy, "render_all"), (engine, "render_stack")),
     "docker stack deploy": ((engine, "docker_cli"),),
     WAIT_PHASE: ((converge, "wait_converged"),),
     "prune unused secrets/configs": ((deploy, "prune_objects"),),
