@@ -11,23 +11,28 @@ import socket
 import subprocess
 import time
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
 from infra.errors import EngineError
-from infra.plan import LABEL_STACK, DockerObject, load_yaml
+from infra.labels import LABEL_STACK, STACK_NAMESPACE
 from infra.targets import SwarmNode
 
-STACK_NAMESPACE = "com.docker.stack.namespace"
+if TYPE_CHECKING:  # the planner (and with it the secrets) only where a deploy needs it
+    from infra.plan import DockerObject
+
+__all__ = ["STACK_NAMESPACE"]
 
 
 def connect(docker_host: str = "") -> docker.DockerClient:
     """A client of the engine at `docker_host` (the DOCKER_HOST setting), else the default."""
     host = docker_host or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
+        # Asks the engine its API version (no ping needed: an engine that does not answer
+        # fails here).
         client = docker.DockerClient(base_url=host, timeout=120)
-        client.ping()
     except DockerException as exc:
         reason = str(exc).split("(", 1)[0].strip() or type(exc).__name__
         raise EngineError(
@@ -217,6 +222,8 @@ def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
     command = ["docker", "stack", "config"]
     for path in files:
         command += ["-c", str(path)]
+    from infra.plan import load_yaml
+
     result = docker_cli(command, variables)
     return load_yaml(result.stdout)
 
@@ -273,12 +280,14 @@ def exec_with_stdin(
     finally:
         sock.close()
     exit_code = None
-    for _ in range(50):  # the stream ends as the process exits; its state follows shortly
+    # The stream ends as the process exits; its state follows shortly, mostly within a few
+    # milliseconds: asked again soon at first, then every 0.1 s, for some 5 s in all.
+    for delay in (0.005, 0.01, 0.02, 0.05, *[0.1] * 49):
         state = api.exec_inspect(created["Id"])
         exit_code = state.get("ExitCode")
         if not state.get("Running") and exit_code is not None:
             break
-        time.sleep(0.1)
+        time.sleep(delay)
     return (
         -1 if exit_code is None else exit_code,
         out[1].decode(errors="replace"),

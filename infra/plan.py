@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from infra import catalog, runner, targets
+from infra import catalog, labels, runner, targets
 from infra.alerts import config as alerts_config
 from infra.alerts.config import ALERTMANAGER_CONFIG_KEY
 from infra.catalog import CORE, ENVIRONMENTS, NETWORKS, RUNNER, SHARED
@@ -24,10 +24,11 @@ from infra.secrets import render_secret
 from infra.settings import STACKS_DIR, Settings
 
 HASH_LENGTH = 12
-LABEL_STACK = "org.nextcandle.stack"
-LABEL_KEY = "org.nextcandle.key"
-LABEL_HASH = "org.nextcandle.content-hash"
-LABEL_SPEC_HASH = "org.nextcandle.spec-hash"  # on services: hash of the rendered definition
+# The labels, defined in infra.labels, under the names the planner has always given them.
+LABEL_STACK = labels.LABEL_STACK
+LABEL_KEY = labels.LABEL_KEY
+LABEL_HASH = labels.LABEL_HASH
+LABEL_SPEC_HASH = labels.LABEL_SPEC_HASH
 
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 

@@ -181,10 +181,13 @@ def remote_holder(
     return found[0]
 
 
-def stateful_services(client: docker.DockerClient) -> dict[str, list[str]]:
-    """Target -> the deployed services placed by its data label."""
+def stateful_services(
+    client: docker.DockerClient, services: list | None = None
+) -> dict[str, list[str]]:
+    """Target -> the deployed services placed by its data label (`services`: every service,
+    when read already)."""
     found: dict[str, list[str]] = {t: [] for t in DATA_TARGETS}
-    for service in client.services.list():
+    for service in client.services.list() if services is None else services:
         constraints = (
             service.attrs["Spec"].get("TaskTemplate", {}).get("Placement", {}).get("Constraints")
             or []
