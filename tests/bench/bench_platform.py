@@ -154,11 +154,12 @@ def measure_platform(bench: Bench, platform: Platform, index: int, last: bool, r
         watch(bench, f"round {index + 1}, before {platform.key} {how}")
         step()
         # Said as it goes, so a run cut short still shows what it measured.
-        for name, runs in bench.runs.items():
+        # (`done`, not `runs`: the steps above read this function's `runs` when they run.)
+        for name, done in bench.runs.items():
             if name.startswith(f"{platform.key} {how}") or name.startswith(
                 f"{platform.key} noop {how}"
             ):
-                run = runs[-1]
+                run = done[-1]
                 calls = f", {run.api_calls} API calls ({run.wait_api_calls} waiting)"
                 log(
                     f"  {name}: {run.seconds:.2f} s"
