@@ -16,6 +16,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,10 +116,17 @@ def check_writable_directory(path: Path, setting: str) -> None:
         )
 
 
-def ensure_data_dirs(client: docker.DockerClient, stack: StackPlan, report: Report) -> list[Path]:
+def ensure_data_dirs(
+    client: docker.DockerClient,
+    stack: StackPlan,
+    report: Report,
+    nodes: Sequence | None = None,
+    here: str = "",
+) -> list[Path]:
     """Create the stack's data directories where its data is: here when the labelled node is
-    the engine's own (or the stack has none), else on that node through a one-off job."""
-    node = placement.remote_holder(client, stack.name) if stack.data_dirs else None
+    the engine's own (or the stack has none), else on that node through a one-off job.
+    `nodes` (SDK nodes) and `here` (the engine's node id), when given, were read already."""
+    node = placement.remote_holder(client, stack.name, nodes, here) if stack.data_dirs else None
     if node is not None:
         created = datadirs.create_on_node(
             client, node, stack.data_dirs, image=stack.variables["POSTGRES_IMAGE"]
@@ -147,22 +155,26 @@ def ensure_data_dir(directory: DataDir) -> bool:
     return True
 
 
-def check_ports_free(client: docker.DockerClient, plan: Plan, docker_host: str) -> None:
+def check_ports_free(
+    client: docker.DockerClient, plan: Plan, docker_host: str, services: list | None = None
+) -> None:
     """A published port taken by something other than a swarm service fails the deploy up
     front: a container of the engine that publishes it (wherever the engine runs), or, when
-    the engine runs on this machine (a unix socket), any process listening on it."""
+    the engine runs on this machine (a unix socket), any process listening on it. `services`,
+    when given, are every service of the swarm, read already."""
     ours = {
         port.get("PublishedPort")
-        for service in client.services.list()
+        for service in (client.services.list() if services is None else services)
         for port in (service.attrs["Spec"].get("EndpointSpec", {}).get("Ports") or [])
     }
+    # The container list's own entries carry names, labels and published ports: one call,
+    # not one inspect per container as the SDK's containers.list() makes.
     squatters = {
-        int(binding["HostPort"]): container.name
-        for container in client.containers.list()
-        if "com.docker.swarm.service.id" not in container.labels
-        for bindings in (container.ports or {}).values()
-        for binding in bindings or []
-        if binding.get("HostPort")
+        int(port["PublicPort"]): (container.get("Names") or ["?"])[0].lstrip("/")
+        for container in client.api.containers()
+        if "com.docker.swarm.service.id" not in (container.get("Labels") or {})
+        for port in container.get("Ports") or []
+        if port.get("PublicPort")
     }
     host = docker_host or os.environ.get("DOCKER_HOST", "")
     local = not host or host.startswith("unix://")
@@ -205,51 +217,74 @@ def apply(
     warning = engine.start_interval_warning(engine.api_version(client))
     if warning:
         report(warning)
-    state, manager = engine.swarm_state(client)
+    # What the engine holds is read once here and handed on, not asked again per stack, per
+    # secret or per step: each API call costs a round trip, a no-op redeploy is mostly them.
+    info = client.info()
+    state, manager = engine.swarm_state(client, info)
     if state == "active" and not manager:
         engine.require_manager(client)
     # The stacks with data: each needs the one node labelled as holding it (decision 10).
     unlabelled = [stack.name for stack in plan.stacks if stack.name in DATA_TARGETS]
+    nodes: list | None = None
     if state == "active":
         check_ports_free(client, plan, settings.docker_host)
-        unlabelled = placement.check(client, unlabelled)
+        nodes = client.nodes.list()
+        unlabelled = placement.check_nodes(nodes, unlabelled) if unlabelled else []
 
     if plan.generate_secrets:
         result.secrets_file_written = secrets.generate(settings)
         if result.secrets_file_written:
             report(f"secrets: wrote {settings.secrets_file} (mode 0600)")
-    result.swarm_initialised = engine.ensure_swarm(client, settings.get("SWARM_ADVERTISE_ADDR"))
+    if state != "active":  # an active swarm's manager was checked above
+        result.swarm_initialised = engine.ensure_swarm(client, settings.get("SWARM_ADVERTISE_ADDR"))
     if result.swarm_initialised:
         report("swarm: initialised a single-node swarm")
-    for line in placement.label_only_node(client, unlabelled):
+        info = client.info()
+    labelled = placement.label_only_node(client, unlabelled)
+    for line in labelled:
         report(line)
+    if nodes is None or labelled:
+        nodes = client.nodes.list()
+    here = (info.get("Swarm") or {}).get("NodeID", "")
     # Planned again with the secrets now written and the swarm's nodes (the targets of
     # Prometheus's node-exporter job).
-    plan = prepare(settings, target, tunnel, engine.swarm_nodes(client))
+    plan = prepare(settings, target, tunnel, [SwarmNode.from_api(n.attrs) for n in nodes])
     for network in plan.networks:
         if engine.ensure_network(client, network):
             result.networks_created.append(network)
             report(f"network: created {network}")
     for stack in plan.stacks:
-        for path in ensure_data_dirs(client, stack, report):
+        for path in ensure_data_dirs(client, stack, report, nodes, here):
             result.dirs_created.append(path)
+    # Every stack rendered at once (one `docker stack config` process each), before any is
+    # handed over: rendering changes nothing.
+    rendered_all = render_all(plan.stacks, report)
+    secret_names = engine.existing_secret_names(client)
+    config_names = engine.existing_config_names(client)
+    # Every live service with its task counts, for each stack's diff: one call, not one per stack.
+    services = client.services.list(status=True)
     deadline = time.monotonic() + timeout
     handed_over_at = time.time()  # the waits read the engine's events from here on
     handed_over: list[tuple[StackPlan, list[str]]] = []
     for stack in plan.stacks:
         for obj in stack.secrets:
-            if engine.ensure_secret(client, obj):
+            if engine.ensure_secret(client, obj, secret_names):
+                secret_names.add(obj.name)
                 result.secrets_created.append(obj.name)
                 report(f"secret: created {obj.name}")
         for obj in stack.configs:
-            if obj.generated and engine.ensure_config(client, obj):
+            if obj.generated and engine.ensure_config(client, obj, config_names):
+                config_names.add(obj.name)
                 report(f"config: created {obj.name} <- {obj.source}")
-        rendered = result.rendered[stack.name] = render(stack, report)
-        handed_over.append((stack, deploy_rendered(client, stack, rendered, report)))
+        rendered = result.rendered[stack.name] = rendered_all[stack.name]
+        live = [s for s in services if _stack_of(s) == stack.name]
+        handed_over.append((stack, deploy_rendered(client, stack, rendered, report, live)))
     if not wait:
         return result
     # Every stack is handed to the engine before waiting on any, so the engine starts them
     # together: deploying dev takes as long as its slowest service, not core's plus dev's.
+    records: list | None = None  # the deploy history, read once for every stack's prune
+    candidates: tuple[list, list] | None = None  # the stacks' secrets and configs, read once
     for stack, changed in handed_over:
         result.stacks[stack.name] = converge.wait_converged(
             client,
@@ -264,10 +299,24 @@ def apply(
         # Old versions go only once nothing can roll back to them: neither Swarm (the
         # update converged) nor `invoke rollback.*` (ROLLBACK_KEEP recorded deploys).
         keep = {obj.name for obj in (*stack.secrets, *stack.configs)}
-        keep |= history.kept_objects(client, stack.name, rollback_keep(settings))
-        for name in prune_objects(client, stack.name, keep=keep):
+        count = rollback_keep(settings)
+        if count and records is None:
+            try:
+                records = history.read(client)
+            except APIError:
+                records = []
+        keep |= history.kept_objects(client, stack.name, count, records)
+        # Objects created by this deploy are in use or kept, so a list read once, before
+        # the first prune, holds every candidate of every stack.
+        if candidates is None:
+            candidates = stack_objects(client)
+        for name in prune_objects(client, stack.name, keep=keep, candidates=candidates):
             report(f"stack {stack.name}: pruned {name} (no longer used)")
     return result
+
+
+def _stack_of(service) -> str:
+    return (service.attrs["Spec"].get("Labels") or {}).get(engine.STACK_NAMESPACE, "")
 
 
 def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) -> list[str]:
@@ -279,6 +328,25 @@ def deploy_stack(client: docker.DockerClient, stack: StackPlan, report: Report) 
     Returns the names of the services created, updated or removed; does not wait.
     """
     return deploy_rendered(client, stack, render(stack, report), report)
+
+
+def render_all(stacks: Sequence[StackPlan], report: Report | None = None) -> dict[str, dict]:
+    """`render` of every stack, the `docker stack config` processes run side by side; what
+    each reports is said in the stacks' order."""
+    if len(stacks) < 2:
+        return {stack.name: render(stack, report) for stack in stacks}
+    lines: dict[str, list[str]] = {stack.name: [] for stack in stacks}
+    with ThreadPoolExecutor(max_workers=len(stacks)) as pool:
+        futures = {
+            stack.name: pool.submit(render, stack, lines[stack.name].append) for stack in stacks
+        }
+        # Results in the stacks' order: the first failure is the one a serial render met.
+        rendered = {name: future.result() for name, future in futures.items()}
+    for stack in stacks:
+        for line in lines[stack.name]:
+            if report:
+                report(line)
+    return rendered
 
 
 def render(stack: StackPlan, report: Report | None = None) -> dict:
@@ -298,10 +366,16 @@ def render(stack: StackPlan, report: Report | None = None) -> dict:
 
 
 def deploy_rendered(
-    client: docker.DockerClient, stack: StackPlan, rendered: dict, report: Report
+    client: docker.DockerClient,
+    stack: StackPlan,
+    rendered: dict,
+    report: Report,
+    services: list | None = None,
 ) -> list[str]:
-    """`deploy_stack` for a stack already rendered (by `render`, or as a rollback kept it)."""
-    services = engine.stack_services(client, stack.name, status=True)
+    """`deploy_stack` for a stack already rendered (by `render`, or as a rollback kept it).
+    `services`, when given, are the stack's live services read (with status) just before."""
+    if services is None:
+        services = engine.stack_services(client, stack.name, status=True)
     live = {
         service.name: (service.attrs["Spec"].get("Labels") or {}).get(LABEL_SPEC_HASH)
         for service in services
@@ -451,10 +525,27 @@ def stop(
     return removed
 
 
+def stack_objects(client: docker.DockerClient) -> tuple[list, list]:
+    """Every secret and config a stack owns, of every stack: (secrets, configs). A secret
+    carries its stack in LABEL_STACK, a config in the stack namespace label."""
+    return (
+        client.secrets.list(filters={"label": LABEL_STACK}),
+        client.configs.list(filters={"label": engine.STACK_NAMESPACE}),
+    )
+
+
+def _label(obj, key: str) -> str:
+    return (obj.attrs.get("Spec", {}).get("Labels") or {}).get(key, "")
+
+
 def prune_objects(
-    client: docker.DockerClient, stack: str, keep: set[str] | None = None
+    client: docker.DockerClient,
+    stack: str,
+    keep: set[str] | None = None,
+    candidates: tuple[list, list] | None = None,
 ) -> list[str]:
-    """Remove a stack's secrets and configs that no service uses (and not in `keep`)."""
+    """Remove a stack's secrets and configs that no service uses (and not in `keep`).
+    `candidates`, when given, are secrets and configs read already (stack_objects)."""
     keep = keep or set()
     in_use: set[str] = set()
     for service in client.services.list():
@@ -462,10 +553,17 @@ def prune_objects(
         in_use |= {ref["SecretName"] for ref in container.get("Secrets") or []}
         in_use |= {ref["ConfigName"] for ref in container.get("Configs") or []}
     removed = []
-    candidates = [
-        *client.secrets.list(filters={"label": f"{LABEL_STACK}={stack}"}),
-        *client.configs.list(filters={"label": f"{engine.STACK_NAMESPACE}={stack}"}),
-    ]
+    if candidates is None:
+        candidates = [
+            *client.secrets.list(filters={"label": f"{LABEL_STACK}={stack}"}),
+            *client.configs.list(filters={"label": f"{engine.STACK_NAMESPACE}={stack}"}),
+        ]
+    else:
+        secrets_, configs = candidates
+        candidates = [
+            *(obj for obj in secrets_ if _label(obj, LABEL_STACK) == stack),
+            *(obj for obj in configs if _label(obj, engine.STACK_NAMESPACE) == stack),
+        ]
     for obj in candidates:
         if obj.name in in_use or obj.name in keep:
             continue

@@ -7,34 +7,32 @@ The `docker` CLI is used only for what the SDK cannot do: `docker stack deploy|c
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import docker
-import yaml
 from docker.errors import APIError, DockerException, NotFound
 
 from infra.errors import EngineError
-from infra.plan import LABEL_STACK, DockerObject
+from infra.labels import LABEL_STACK, STACK_NAMESPACE
 from infra.targets import SwarmNode
 
-STACK_NAMESPACE = "com.docker.stack.namespace"
+if TYPE_CHECKING:  # the planner (and with it the secrets) only where a deploy needs it
+    from infra.plan import DockerObject
+
+__all__ = ["STACK_NAMESPACE"]
 
 
 def connect(docker_host: str = "") -> docker.DockerClient:
     """A client of the engine at `docker_host` (the DOCKER_HOST setting), else the default."""
     host = docker_host or os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
+        # Asks the engine its API version (no ping needed: an engine that does not answer
+        # fails here).
         client = docker.DockerClient(base_url=host, timeout=120)
-        client.ping()
     except DockerException as exc:
         reason = str(exc).split("(", 1)[0].strip() or type(exc).__name__
         raise EngineError(
@@ -72,55 +70,10 @@ def start_interval_warning(version: tuple[int, int]) -> str:
     )
 
 
-@dataclass
-class ApiCalls:
-    """The requests a client made to the engine while counted, by method and endpoint
-    (`GET /services`, `GET /tasks`, `GET /events`, ...)."""
-
-    by_endpoint: Counter = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_endpoint.values())
-
-    def add(self, method: str, url: str) -> None:
-        path = urlsplit(url).path
-        parts = [p for p in path.split("/") if p and not re.fullmatch(r"v\d+\.\d+", p)]
-        endpoint = f"{method} /{parts[0] if parts else ''}"
-        if len(parts) > 2:  # /services/<id>/update, /containers/<id>/json
-            endpoint += f"/*/{parts[-1]}"
-        elif len(parts) == 2:
-            endpoint += "/*"
-        with self._lock:
-            self.by_endpoint[endpoint] += 1
-
-    def summary(self) -> str:
-        return ", ".join(f"{name} {n}" for name, n in self.by_endpoint.most_common())
-
-
-@contextmanager
-def count_api_calls(client: docker.DockerClient) -> Iterator[ApiCalls]:
-    """Count every request `client` sends to the engine inside the block (from any thread:
-    the event stream's too). Counters nest."""
-    calls = ApiCalls()
-    api = client.api
-    original = api.send  # every request of the SDK goes through the session's send
-
-    def send(request, **kwargs):
-        calls.add(request.method, request.url)
-        return original(request, **kwargs)
-
-    api.send = send
-    try:
-        yield calls
-    finally:
-        api.send = original
-
-
-def swarm_state(client: docker.DockerClient) -> tuple[str, bool]:
-    """(LocalNodeState, whether this node is a manager)."""
-    swarm = client.info().get("Swarm", {})
+def swarm_state(client: docker.DockerClient, info: dict | None = None) -> tuple[str, bool]:
+    """(LocalNodeState, whether this node is a manager), from `info` (the engine's, read
+    already) when given."""
+    swarm = (client.info() if info is None else info).get("Swarm", {})
     return swarm.get("LocalNodeState", "inactive"), bool(swarm.get("ControlAvailable"))
 
 
@@ -181,9 +134,18 @@ def existing_secret_names(client: docker.DockerClient) -> set[str]:
     return {secret.name for secret in client.secrets.list()}
 
 
-def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
-    """Create a content-named secret unless it exists. Returns True if it was created."""
-    if obj.name in {s.name for s in client.secrets.list(filters={"name": obj.name})}:
+def existing_config_names(client: docker.DockerClient) -> set[str]:
+    return {config.name for config in client.configs.list()}
+
+
+def ensure_secret(
+    client: docker.DockerClient, obj: DockerObject, existing: Collection[str] | None = None
+) -> bool:
+    """Create a content-named secret unless it exists (in `existing`, the names read once for
+    many, when given). Returns True if it was created."""
+    if existing is None:
+        existing = {s.name for s in client.secrets.list(filters={"name": obj.name})}
+    if obj.name in existing:
         return False
     try:
         client.secrets.create(name=obj.name, data=obj.data, labels=obj.labels)
@@ -194,11 +156,15 @@ def ensure_secret(client: docker.DockerClient, obj: DockerObject) -> bool:
     return True
 
 
-def ensure_config(client: docker.DockerClient, obj: DockerObject) -> bool:
-    """Create a content-named config infra generated, unless it exists. It carries the stack
-    label `docker stack deploy` puts on the configs it creates, so it is pruned like them.
-    Returns True if it was created."""
-    if obj.name in {c.name for c in client.configs.list(filters={"name": obj.name})}:
+def ensure_config(
+    client: docker.DockerClient, obj: DockerObject, existing: Collection[str] | None = None
+) -> bool:
+    """Create a content-named config infra generated, unless it exists (in `existing`, when
+    given). It carries the stack label `docker stack deploy` puts on the configs it creates,
+    so it is pruned like them. Returns True if it was created."""
+    if existing is None:
+        existing = {c.name for c in client.configs.list(filters={"name": obj.name})}
+    if obj.name in existing:
         return False
     try:
         client.configs.create(
@@ -256,8 +222,10 @@ def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
     command = ["docker", "stack", "config"]
     for path in files:
         command += ["-c", str(path)]
+    from infra.plan import load_yaml
+
     result = docker_cli(command, variables)
-    return yaml.safe_load(result.stdout)
+    return load_yaml(result.stdout)
 
 
 def running_container(client: docker.DockerClient, service: str) -> str:
@@ -312,12 +280,14 @@ def exec_with_stdin(
     finally:
         sock.close()
     exit_code = None
-    for _ in range(50):  # the stream ends as the process exits; its state follows shortly
+    # The stream ends as the process exits; its state follows shortly, mostly within a few
+    # milliseconds: asked again soon at first, then every 0.1 s, for some 5 s in all.
+    for delay in (0.005, 0.01, 0.02, 0.05, *[0.1] * 49):
         state = api.exec_inspect(created["Id"])
         exit_code = state.get("ExitCode")
         if not state.get("Running") and exit_code is not None:
             break
-        time.sleep(0.1)
+        time.sleep(delay)
     return (
         -1 if exit_code is None else exit_code,
         out[1].decode(errors="replace"),

@@ -8,17 +8,20 @@ import shlex
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 
-from infra import converge, engine
+from infra import converge
 from infra.alerts import receivers
-from infra.apps.deploy import deployed_apps
 from infra.backup.records import Record, status_line
 from infra.backup.records import as_json as records_json
 from infra.catalog import CORE, CORE_PORTS, ENVIRONMENTS, NETWORKS, SHARED, STACKS
-from infra.plan import Plan, StackPlan, published_ports
+from infra.labels import apps_of
 from infra.settings import Settings
+
+if TYPE_CHECKING:  # `invoke status` needs no planner
+    from infra.plan import Plan, StackPlan
 
 
 def format_plan(plan: Plan, settings: Settings) -> str:
@@ -74,6 +77,8 @@ def format_app_plan(plan) -> str:
 
 def access_info(settings: Settings, stacks: tuple[str, ...], values: dict[str, str] | None) -> str:
     """Where to reach what was deployed: local ports and URLs, and the tunnel's host names."""
+    from infra.plan import published_ports
+
     lines = []
     for stack in stacks:
         if stack == CORE:
@@ -134,12 +139,15 @@ def alert_summary(client: docker.DockerClient) -> tuple[list[dict] | None, list[
     return [api.as_json(a) for a in alerts], api.describe(alerts)
 
 
-def node_summary(client: docker.DockerClient) -> tuple[list[dict], list[str]]:
+def node_summary(
+    client: docker.DockerClient, services: list | None = None
+) -> tuple[list[dict], list[str]]:
     """The swarm's nodes in one line when all are well, else a line per node that is not
-    (down, drained) with the data it holds, and the manager quorum."""
+    (down, drained) with the data it holds, and the manager quorum. `services`: every
+    service, when read already."""
     from infra.swarm import nodes
 
-    rows, quorum = nodes.rows(client)
+    rows, quorum = nodes.rows(client, services)
     json_rows = [
         {
             "node": r.name, "role": r.role, "manager": r.manager, "state": r.state,
@@ -170,18 +178,24 @@ def backup_summary(
     return {target: records_json(record) for target, record in last.items()}, lines
 
 
-def status_table(client: docker.DockerClient, verbose: bool = False) -> tuple[str, list[dict]]:
-    """One table of stacks and services; with `verbose`, tasks and networks too."""
+def status_table(
+    client: docker.DockerClient, verbose: bool = False, services: list | None = None
+) -> tuple[str, list[dict]]:
+    """One table of stacks and services; with `verbose`, tasks and networks too. `services`:
+    every service read with status=True, when read already."""
     rows: list[dict] = []
     lines = [f"{'SERVICE':<28} {'REPLICAS':<10} {'HEALTH':<10} {'UPDATE':<20} {'IMAGE':<40} PORTS"]
-    deployed = engine.deployed_stacks(client)
-    apps = deployed_apps(client)
-    for stack in _stack_order(deployed, apps):
+    # Every stack and app in two API calls (services, tasks), however many there are.
+    if services is None:
+        services = client.services.list(status=True)
+    deployed = converge.platform_states(client, services)
+    apps = apps_of(services)
+    for stack in _stack_order(set(deployed), apps):
         if stack not in deployed:
             lines.append(f"{stack}: not deployed")
             rows.append({"stack": stack, "deployed": False, "services": []})
             continue
-        states = converge.stack_states(client, stack)
+        states = deployed[stack]
         if stack in apps:
             env, app = apps[stack]
             lines.append(f"{stack}: app {app} of {env}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -55,6 +56,8 @@ _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _BCRYPT_BASE64 = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
+# bcrypt is slow by design (some 70 ms here) and a deploy plans twice: one hash per input.
+@functools.lru_cache(maxsize=16)
 def n8n_password_hash(password: str, installation_key: str) -> str:
     """The bcrypt hash n8n takes as N8N_INSTANCE_OWNER_PASSWORD_HASH(_FILE).
 

@@ -18,10 +18,10 @@ import yaml
 from infra import engine
 from infra.catalog import TRAEFIK_NETWORK
 from infra.errors import EngineError, SettingsError
+from infra.labels import APP_LABEL as APP_LABEL  # re-exported: the names apps have always used
+from infra.labels import ENV_LABEL as ENV_LABEL
 from infra.secrets import APP_SECRETS
 
-APP_LABEL = "org.nextcandle.app"
-ENV_LABEL = "org.nextcandle.environment"
 # The file's own key for what only the platform understands: at the top `app: <name>`, on a
 # service `port: <its HTTP port>` (that service is routed).
 EXTENSION = "x-nextcandle"

@@ -14,10 +14,11 @@ import yaml
 
 from infra import converge, engine, secrets
 from infra import deploy as platform
-from infra.apps.compose import APP_LABEL, ENV_LABEL, AppFile, load
+from infra.apps.compose import APP_LABEL, AppFile, load
 from infra.apps.plan import AppPlan, plan_app, stack_name
 from infra.catalog import ENVIRONMENTS, TRAEFIK_NETWORK
 from infra.errors import SettingsError
+from infra.labels import apps_of
 from infra.settings import Settings, check_target
 
 Report = Callable[[str], None]
@@ -52,13 +53,7 @@ def _network_exists(client: docker.DockerClient, name: str) -> bool:
 
 def deployed_apps(client: docker.DockerClient) -> dict[str, tuple[str, str]]:
     """Deployed app stacks: stack name -> (environment, app), from their services' labels."""
-    found = {}
-    for service in client.services.list(filters={"label": APP_LABEL}):
-        labels = service.attrs["Spec"].get("Labels") or {}
-        stack = labels.get(engine.STACK_NAMESPACE)
-        if stack and labels.get(ENV_LABEL):
-            found[stack] = (labels[ENV_LABEL], labels[APP_LABEL])
-    return found
+    return apps_of(client.services.list(filters={"label": APP_LABEL}))
 
 
 def apply(

@@ -35,65 +35,94 @@ The package, one module per part:
 This module is the entry: tasks, and whatever else uses backups, import from `infra.backup`.
 """
 
-from infra.backup import offsite
-from infra.backup.containers import SERVICE_LABEL, running_container
-from infra.backup.drill import DrillFailed, DrillResult, drill_env, newest_backup
-from infra.backup.env import (
-    backup_env,
-    check_rdb,
-    dump_postgres,
-    list_dump,
-    redis_key_count,
-    snapshot_redis,
-    table_counts,
-)
-from infra.backup.manifest import (
-    BACKUP_NAME,
-    FORMAT,
-    GRAFANA_DB,
-    MANIFEST,
-    POSTGRES_DUMP,
-    REDIS_RDB,
-    BackupError,
-    BackupResult,
-    Report,
-    _finalise,
-    _partial_dir,
-    backup_name,
-    check_dump_header,
-    check_rdb_header,
-    describe,
-    file_entry,
-    human_size,
-    is_backup_name,
-    refuse_prod_without_yes,
-    sha256_file,
-    stamp,
-    validate,
-    write_manifest,
-)
-from infra.backup.offsite import OffsiteCopy, upload
-from infra.backup.records import Record, last_drills, last_records, status_line
-from infra.backup.restore import (
-    RestoreResult,
-    aof_base_files,
-    restore_env,
-    restore_redis,
-    scale,
-)
-from infra.backup.retention import (
-    TARGETS,
-    Entry,
-    PruneResult,
-    RetentionPlan,
-    plan_prune,
-    plan_retention,
-    prune,
-)
-from infra.backup.run import RunResult, copy_offsite, run_backup
-from infra.backup.schedule import Outcome, run_all
-from infra.backup.shared import DATA_PARTS, backup_shared, copy_data_directory, export_buckets
-from infra.backup.shared_restore import SharedRestoreResult, restore_shared
+import importlib
+
+# What each name is, by submodule. The package imports a submodule only when one of its
+# names is first used: `invoke status` reads two records and needs no exec, dump or
+# restore machinery (a PEP 562 module __getattr__; `from infra.backup import X` works alike).
+_EXPORTS: dict[str, str] = {
+    "SERVICE_LABEL": "containers",
+    "running_container": "containers",
+    "DrillFailed": "drill",
+    "DrillResult": "drill",
+    "drill_env": "drill",
+    "newest_backup": "drill",
+    "backup_env": "env",
+    "check_rdb": "env",
+    "dump_postgres": "env",
+    "list_dump": "env",
+    "redis_key_count": "env",
+    "snapshot_redis": "env",
+    "table_counts": "env",
+    "BACKUP_NAME": "manifest",
+    "BackupError": "manifest",
+    "BackupResult": "manifest",
+    "FORMAT": "manifest",
+    "GRAFANA_DB": "manifest",
+    "MANIFEST": "manifest",
+    "POSTGRES_DUMP": "manifest",
+    "REDIS_RDB": "manifest",
+    "Report": "manifest",
+    "_finalise": "manifest",
+    "_partial_dir": "manifest",
+    "backup_name": "manifest",
+    "check_dump_header": "manifest",
+    "check_rdb_header": "manifest",
+    "describe": "manifest",
+    "file_entry": "manifest",
+    "human_size": "manifest",
+    "is_backup_name": "manifest",
+    "refuse_prod_without_yes": "manifest",
+    "sha256_file": "manifest",
+    "stamp": "manifest",
+    "validate": "manifest",
+    "write_manifest": "manifest",
+    "OffsiteCopy": "offsite",
+    "offsite": "offsite",
+    "upload": "offsite",
+    "Record": "records",
+    "last_drills": "records",
+    "last_records": "records",
+    "status_line": "records",
+    "RestoreResult": "restore",
+    "aof_base_files": "restore",
+    "restore_env": "restore",
+    "restore_redis": "restore",
+    "scale": "restore",
+    "Entry": "retention",
+    "PruneResult": "retention",
+    "RetentionPlan": "retention",
+    "TARGETS": "retention",
+    "plan_prune": "retention",
+    "plan_retention": "retention",
+    "prune": "retention",
+    "RunResult": "run",
+    "copy_offsite": "run",
+    "run_backup": "run",
+    "Outcome": "schedule",
+    "run_all": "schedule",
+    "DATA_PARTS": "shared",
+    "backup_shared": "shared",
+    "copy_data_directory": "shared",
+    "export_buckets": "shared",
+    "SharedRestoreResult": "shared_restore",
+    "restore_shared": "shared_restore",
+}
+
+
+def __getattr__(name: str):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    value = module if name == module_name else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "BACKUP_NAME",

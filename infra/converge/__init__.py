@@ -19,7 +19,13 @@ second.
 """
 
 from infra.converge.events import EventStream, event_signal, open_events
-from infra.converge.state import FAILED_UPDATE_STATES, ServiceState, service_state, stack_states
+from infra.converge.state import (
+    FAILED_UPDATE_STATES,
+    ServiceState,
+    platform_states,
+    service_state,
+    stack_states,
+)
 from infra.converge.wait import (
     FOLLOW_UPS,
     POLL_QUIET,
@@ -48,6 +54,7 @@ __all__ = [
     "event_signal",
     "local_node_id",
     "open_events",
+    "platform_states",
     "service_log_tail",
     "service_state",
     "stack_states",

@@ -207,16 +207,43 @@ def stack_states(
         tasks = client.api.tasks(filters={"service": [service.id for service in services]})
     except NotFound:  # one was removed meanwhile: ask service by service
         tasks = None
+    return _states(services, tasks)
+
+
+def platform_states(
+    client: docker.DockerClient, services: list | None = None
+) -> dict[str, list[ServiceState]]:
+    """The states of every deployed stack's services, by stack, in two API calls whatever
+    the number of stacks and services: every service (unless `services`, every service read
+    with status=True, is given), then every task."""
+    if services is None:
+        services = client.services.list(status=True)
+    services = [
+        service
+        for service in services
+        if (service.attrs["Spec"].get("Labels") or {}).get(STACK_NAMESPACE)
+    ]
+    if not services:
+        return {}
+    tasks = client.api.tasks()
+    stack_of = {s.name: s.attrs["Spec"]["Labels"][STACK_NAMESPACE] for s in services}
+    by_stack: dict[str, list[ServiceState]] = {}
+    for state in _states(services, tasks):
+        by_stack.setdefault(stack_of[state.name], []).append(state)
+    return by_stack
+
+
+def _states(services: list, tasks: list[dict] | None) -> list[ServiceState]:
+    """The services' states from their tasks read at once (None: read service by service)."""
     by_service: dict[str, list[dict]] = {service.id: [] for service in services}
     for task in tasks or []:
         by_service.setdefault(task.get("ServiceID", ""), []).append(task)
     states = []
     for service in services:
         try:
-            states.append(service_state(service, by_service[service.id] if tasks else None))
+            states.append(
+                service_state(service, by_service[service.id] if tasks is not None else None)
+            )
         except (NotFound, APIError):  # removed while we looked
             continue
     return sorted(states, key=lambda s: s.name)
-
-
-# --- the event stream

@@ -62,7 +62,9 @@ class Convergence:
         deadline = self.clock() + self.timeout
         self._look(None)
         watched = self._watched()
-        if watched:
+        # A stack whose changed services already run (deployed together with one waited on
+        # before it) is done with this one look: no stream to open and close.
+        if watched and not self._done():
             self.local_node, self.events = self.listen()
         follow_ups: dict[str, tuple[float, int]] = {}  # service -> (when, follow-ups so far)
         quiet = 0  # polls so far

@@ -248,15 +248,19 @@ def re_applicable_records(records: Iterable[Record], stack: str) -> list[Record]
     return sorted(found, key=lambda r: r.seq, reverse=True)
 
 
-def kept_objects(client: docker.DockerClient, stack: str, count: int) -> set[str]:
+def kept_objects(
+    client: docker.DockerClient, stack: str, count: int, records: list[Record] | None = None
+) -> set[str]:
     """The configs and secrets the newest `count` re-applicable records of `stack` use:
-    pruning keeps them so a rollback finds them (ROLLBACK_KEEP)."""
+    pruning keeps them so a rollback finds them (ROLLBACK_KEEP). `records`, when given, were
+    read already (a deploy reads them once for all its stacks)."""
     if count == 0:
         return set()
-    try:
-        records = read(client)
-    except APIError:
-        return set()
+    if records is None:
+        try:
+            records = read(client)
+        except APIError:
+            return set()
     names: set[str] = set()
     for record in re_applicable_records(records, stack)[:count]:
         names |= object_names(record.stacks[stack])

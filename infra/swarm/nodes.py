@@ -68,8 +68,9 @@ class Quorum:
         )
 
 
-def rows(client: docker.DockerClient) -> tuple[list[NodeRow], Quorum]:
-    services = stateful_services(client)
+def rows(client: docker.DockerClient, services: list | None = None) -> tuple[list[NodeRow], Quorum]:
+    """Every node, and the quorum; `services` (every service), when read already."""
+    services = stateful_services(client, services)
     found, managers, reachable = [], 0, 0
     for node in sorted(client.nodes.list(), key=hostname):
         attrs = node.attrs

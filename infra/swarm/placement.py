@@ -169,19 +169,25 @@ def node_id_here(client: docker.DockerClient) -> str:
     return (client.info().get("Swarm") or {}).get("NodeID", "")
 
 
-def remote_holder(client: docker.DockerClient, target: str):
+def remote_holder(
+    client: docker.DockerClient, target: str, nodes: Sequence | None = None, here: str = ""
+):
     """The node labelled as holding `target`'s data when it is not the engine's own node
-    (its directories must then be made there), else None."""
-    found = holders(client.nodes.list(), target)
-    if len(found) != 1 or found[0].id == node_id_here(client):
+    (its directories must then be made there), else None. `nodes` and `here` (the engine's
+    node id), when given, were read already."""
+    found = holders(client.nodes.list() if nodes is None else nodes, target)
+    if len(found) != 1 or found[0].id == (here or node_id_here(client)):
         return None
     return found[0]
 
 
-def stateful_services(client: docker.DockerClient) -> dict[str, list[str]]:
-    """Target -> the deployed services placed by its data label."""
+def stateful_services(
+    client: docker.DockerClient, services: list | None = None
+) -> dict[str, list[str]]:
+    """Target -> the deployed services placed by its data label (`services`: every service,
+    when read already)."""
     found: dict[str, list[str]] = {t: [] for t in DATA_TARGETS}
-    for service in client.services.list():
+    for service in client.services.list() if services is None else services:
         constraints = (
             service.attrs["Spec"].get("TaskTemplate", {}).get("Placement", {}).get("Constraints")
             or []

@@ -13,6 +13,7 @@ def status(c, verbose=False, json_=False):
     """Show every stack's services (replicas, health, update state, image, ports), the
     nodes, the alerts that fire now and the last backup and drill of each environment."""
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from infra import backup, engine, report
     from infra.backup import records
@@ -21,11 +22,16 @@ def status(c, verbose=False, json_=False):
     config = settings()
     client = engine.connect(config.docker_host)
     engine.require_manager(client)
-    text, rows = report.status_table(client, verbose=verbose)
-    alerts, alert_lines = report.alert_summary(client)
-    backups, backup_lines = report.backup_summary(backup.last_records(config, backup.TARGETS))
-    node_rows, node_lines = report.node_summary(client)
-    drills = backup.last_drills(config, tuple(ENVIRONMENTS))
+    # Alertmanager is asked inside its container (an exec, the slowest part): meanwhile the
+    # swarm is read (every service once, for the table and the nodes) and the records.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asked = pool.submit(report.alert_summary, client)
+        services = client.services.list(status=True)
+        text, rows = report.status_table(client, verbose=verbose, services=services)
+        backups, backup_lines = report.backup_summary(backup.last_records(config, backup.TARGETS))
+        node_rows, node_lines = report.node_summary(client, services)
+        drills = backup.last_drills(config, tuple(ENVIRONMENTS))
+        alerts, alert_lines = asked.result()
     now = time.time()
     drill_lines = ["drills (last run):"]
     drill_lines += [records.drill_status_line(env, record, now) for env, record in drills.items()]

@@ -16,6 +16,7 @@ from infra import converge, deploy, engine
 from infra.errors import ConvergeError
 from infra.operations.diff import format_diff, live_diff
 from infra.settings import REPO_ROOT
+from tests import apicalls
 
 
 def _versions(platform, *stacks) -> dict[str, int]:
@@ -178,7 +179,7 @@ def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
         "dev_redis-exporter",
     }, lines
     started = time.monotonic()
-    with engine.count_api_calls(dev.client) as calls:
+    with apicalls.count_api_calls(dev.client) as calls:
         states = converge.wait_converged(
             dev.client,
             "dev",
@@ -197,7 +198,7 @@ def test_a_deploys_wait_costs_api_calls_per_changed_service_not_per_second(dev):
     assert calls.by_endpoint["GET /events"] == 1, calls.summary()  # it listened
     assert calls.total <= budget, calls.summary()
 
-    with engine.count_api_calls(dev.client) as calls:
+    with apicalls.count_api_calls(dev.client) as calls:
         converge.wait_converged(dev.client, "dev", changed=set(), progress=lines.append)
     assert calls.total == 2, calls.summary()  # the stack's services and their tasks
 
@@ -217,7 +218,7 @@ def test_an_event_driven_wait_reports_a_rolled_back_update_within_its_budget(dev
     assert changed == ["dev_redis"]
     started = time.monotonic()
     with (
-        engine.count_api_calls(dev.client) as calls,
+        apicalls.count_api_calls(dev.client) as calls,
         pytest.raises(ConvergeError, match="dev_redis was rolled back") as raised,
     ):
         converge.wait_converged(
@@ -246,3 +247,18 @@ def test_an_event_driven_wait_reports_a_rolled_back_update_within_its_budget(dev
     assert "dev: up to date, 0 services changed" in lines
     # The dind engines are Docker 28: no warning about start_interval.
     assert not [line for line in lines if line.startswith("warning:")], lines
+
+
+def test_the_status_table_reads_every_stack_in_two_api_calls(dev):
+    """However many stacks and services are deployed: every service, then every task."""
+    from infra import report
+
+    dev.apply("dev")
+    with apicalls.count_api_calls(dev.client) as calls:
+        text, rows = report.status_table(dev.client)
+    deployed = {row["stack"] for row in rows if row["deployed"]}
+    assert {"core", "dev"} <= deployed, text
+    dev_rows = next(row for row in rows if row["stack"] == "dev")["services"]
+    # Running as wanted (a test above leaves dev_redis rolled back: health "rolled-back").
+    assert dev_rows and all(s["running"] == s["desired"] for s in dev_rows), text
+    assert calls.total == 2, calls.summary()

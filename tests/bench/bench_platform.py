@@ -1,24 +1,23 @@
 """Benchmarks of the platform against plain docker, on a fresh single-node dind swarm.
 
-Prints figures and asserts nothing (project issue 5, point 7). Each measure runs in the same
-process, on the same engine, next to its plain docker equivalent:
+Prints figures and asserts nothing. Each measure runs in the same process, on the same
+engine, next to its plain docker equivalent, for three platforms: core + dev, all five
+stacks (core, shared, dev, stg, prod: every service that has an image here), and a generated
+stack of 50 small services (tests/bench/synthetic.py):
 
-1. deploy to converged: `infra.deploy.apply(settings, "core" | "dev", tunnel=False)` (dev
-   hands core and dev to the engine, then waits on both) versus
-   `docker stack deploy --detach=false` of the same rendered files (core, then dev). Every
-   stack is removed before each run: each run starts from none, with the networks, secrets
-   and data directories of the first deploy. Median of --repeat.
-2. no-op redeploy of dev right after: seconds and the number of services whose version index
-   changed (core's and dev's), for `apply` and for the same `docker stack deploy` again.
-3. `invoke status` (subprocess) versus `docker service ls`, with every stack that has images
-   here deployed. Median of --runs.
-4. `invoke --list` start-up (subprocess) versus `docker --version`. Median of --runs.
-
-Where the time goes is printed too: the phases of `apply`, when the engine had the last task
-running versus when the deploy returned, the API calls of the status table, and the slowest
-imports of `invoke --list` (python -X importtime), and the API calls of each operation: a
-deploy (and of it, its convergence waits, per service changed), a no-op redeploy, the status
-table.
+1. deploy to converged, from none of the platform's stacks deployed: infra
+   (`infra.deploy.apply`; for the generated stack `deploy_stack` then `wait_converged`, what
+   apply does with each stack) versus `docker stack deploy --detach=true` of the same
+   rendered files, then `docker service ls` every 0.25 s until every service shows n/n (the
+   engine's floor). For core + dev, also `docker stack deploy --detach=false` (core, then
+   dev) in the first round: the CLI's own wait.
+2. no-op redeploy right after: seconds, and how many services' version index moved.
+3. `invoke status` (a subprocess, as an operator runs it) versus `docker service ls`, with
+   the platform deployed; the status table's API calls in-process.
+4. API calls of each operation of ours, and of them those of the convergence waits, per
+   service changed (a counting wrapper around the SDK client's HTTP session:
+   tests/apicalls.py).
+5. `invoke --list` start-up versus `docker --version`.
 
 The swarm, its settings and its images are made as the acceptance suite makes them
 (tests/acceptance/conftest.py); the swarm is removed at the end.
@@ -29,586 +28,328 @@ Run: nox -s bench, or python -m tests.bench.bench_platform [--repeat N] [--runs 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform as host_platform
-import re
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
-import yaml
 from docker.errors import DockerException
 
-from infra import converge, deploy, engine, report, secrets
+from infra import converge, report
 from infra.catalog import CORE, DEPLOY_ALL
-from infra.plan import plan_stack
-from infra.settings import REPO_ROOT, Settings, load_settings
-from tests.acceptance.conftest import (
-    DEPLOY_TIMEOUT,
-    WORK_PARENT,
-    swarm_settings,
+from infra.settings import REPO_ROOT
+from tests.apicalls import count_api_calls
+from tests.bench import synthetic
+from tests.bench.harness import (
+    Bench,
+    Run,
+    cli_wait,
+    log,
+    median,
+    ours,
+    plain,
+    redeploy,
+    render,
+    start,
+    stop_stacks,
+    subprocess_seconds,
+    watch,
 )
-from tests.acceptance.dind import DindSwarm
-from tests.acceptance.images import choose_images
 
-GOAL_DEPLOY_RATIO = 1.05
-GOAL_NOOP_SECONDS = 2.0
-GOAL_STATUS_SECONDS = 1.0
-GOAL_LIST_SECONDS = 0.3
 
-# What `apply` spends its time on: module attributes it calls, wrapped while a run is timed.
-# A call made inside another measured call counts only for the outer one.
-PHASES: dict[str, tuple[tuple[object, str], ...]] = {
-    "prepare (read files, plan, hash)": ((deploy, "prepare"),),
-    "engine reads (swarm, networks, live labels)": (
-        (engine, "swarm_state"),
-        (engine, "ensure_swarm"),
-        (engine, "ensure_network"),
-        (engine, "stack_services"),
+@dataclass(frozen=True)
+class Platform:
+    key: str  # the prefix of its runs' names
+    label: str
+    target: str  # what `apply` (or the generated stack's deploy) is given
+    stacks: tuple[str, ...]
+    goal_deploy: float | None = None  # seconds, from nothing to converged
+    goal_noop: float | None = None
+    goal_status: float | None = None
+
+
+PLATFORMS = (
+    Platform("coredev", "core + dev", "dev", (CORE, "dev"), goal_deploy=3.0),
+    Platform(
+        "all",
+        "all five stacks",
+        "all",
+        DEPLOY_ALL,
+        goal_deploy=8.0,
+        goal_noop=1.0,
+        goal_status=0.5,
     ),
-    "secrets (ensure each)": ((engine, "ensure_secret"),),
-    "render (docker stack config)": ((engine, "render_stack"),),
-    "docker stack deploy": ((engine, "docker_cli"),),
-    "wait converged (events; polls)": ((converge, "wait_converged"),),
-    "prune unused secrets/configs": ((deploy, "prune_objects"),),
-}
-
-
-def log(message: str) -> None:
-    print(f"bench: {message}", flush=True)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-@dataclass
-class Run:
-    seconds: float
-    engine_ready: float  # seconds from the start until the last task of the stacks ran
-    phases: dict[str, float] = field(default_factory=dict)
-    updates: int | None = None  # services whose version index changed (redeploys)
-    converged: bool = True
-    api_calls: int | None = None  # requests to the engine during the whole operation
-    wait_api_calls: int | None = None  # of them, during the convergence waits
-    services_changed: int | None = None  # what the deploy handed to the engine
-
-
-@dataclass
-class Bench:
-    settings: Settings
-    swarm: DindSwarm
-    workdir: Path
-    rendered: dict[str, tuple[str, str]] = field(default_factory=dict)  # stack -> (yaml, resolve)
-    runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))
-    figures: dict[str, object] = field(default_factory=dict)
-    disturbed: list[str] = field(default_factory=list)  # other test runs seen while measuring
-
-    @property
-    def client(self) -> docker.DockerClient:
-        return self.swarm.manager.client
-
-    @property
-    def docker_env(self) -> dict[str, str]:
-        return {**os.environ, "DOCKER_HOST": self.settings.docker_host}
-
-    @property
-    def invoke_env(self) -> dict[str, str]:
-        """As tests/acceptance/test_tasks.py runs invoke against the swarm."""
-        settings = self.settings
-        return {
-            **os.environ,
-            "DOCKER_HOST": settings.docker_host,
-            "ENV_FILE": str(settings.env_file or ""),
-            "DATA_ROOT": str(settings.data_root),
-            "SECRETS_FILE": str(settings.secrets_file),
-        }
-
-
-# --- the swarm and its settings, made as the acceptance suite's `platform` fixture makes them
-
-
-def start(outer: docker.DockerClient) -> Bench:
-    base = load_settings()
-    images = choose_images(outer, dict(base.images))
-    dind = images["DIND_IMAGE"]
-    if dind.ref is None:
-        raise SystemExit(f"bench: DIND_IMAGE: {dind.reason}")
-    workdir = Path(tempfile.mkdtemp(prefix="nextcandle-bench-", dir=WORK_PARENT))
-    data_root = workdir / "data"
-    data_root.mkdir()
-    env_file = workdir / "env"
-    env_file.write_text("PROJECT_NAME=nextcandle\nDOMAIN_PROD=example.test\n")
-    # No published node ports: every figure is read through the engine's API.
-    swarm = DindSwarm(image=dind.ref, node_count=1, data_root=data_root, node_ports=(), outer=outer)
-    bench = None
-    try:
-        started = time.perf_counter()
-        swarm.start()
-        log(f"dind node up and swarm initialised in {time.perf_counter() - started:.1f} s")
-        refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
-        started = time.perf_counter()
-        swarm.load_images(refs)
-        log(f"{len(refs)} images loaded into the node in {time.perf_counter() - started:.1f} s")
-        settings, disabled = swarm_settings(swarm, images, workdir)
-        bench = Bench(settings=settings, swarm=swarm, workdir=workdir)
-        log(f"manager {swarm.manager.engine_url}; left out (no image here): {', '.join(disabled)}")
-        return bench
-    finally:
-        if bench is None:
-            swarm.remove()
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def stop_stacks(bench: Bench, *stacks: str) -> None:
-    for stack in stacks:
-        deploy.stop(bench.settings, stack, report=lambda _line: None, client=bench.client)
-
-
-def versions(bench: Bench, *stacks: str) -> dict[str, int]:
-    return {
-        service.name: service.version
-        for stack in stacks
-        for service in engine.stack_services(bench.client, stack)
-    }
-
-
-def changed(before: dict[str, int], after: dict[str, int]) -> int:
-    return sum(1 for name in after if before.get(name) != after[name])
-
-
-def _epoch(stamp: str) -> float:
-    """An engine timestamp (RFC 3339 with nanoseconds, UTC) as seconds since the epoch."""
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    base = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
-    return base + float(f"0.{fraction or 0}")
-
-
-def engine_ready_at(bench: Bench, *stacks: str) -> float:
-    """When (epoch seconds) the last task the stacks want running reached `running`: the
-    engine's own convergence, whatever the deploy tool waited for after it."""
-    latest = 0.0
-    for stack in stacks:
-        for service in engine.stack_services(bench.client, stack):
-            for task in service.tasks(filters={"desired-state": "running"}):
-                if task["Status"]["State"] == "running":
-                    latest = max(latest, _epoch(task["Status"]["Timestamp"]))
-    return latest
-
-
-def all_converged(bench: Bench, *stacks: str) -> bool:
-    return all(
-        state.converged for stack in stacks for state in converge.stack_states(bench.client, stack)
-    )
-
-
-def others_running() -> list[str]:
-    """Other pytest or nox processes on this machine (not this one nor its parents): what
-    would share the machine with the measures and distort them."""
-    mine, pid = set(), os.getpid()
-    while pid > 1 and pid not in mine:
-        mine.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in mine:
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if re.search(r"pytest|\bnox\b", command):
-            found.append(f"{entry.name}: {command.strip()[:80]}")
-    return found
-
-
-def watch(bench: Bench, when: str) -> None:
-    """Note (and say) when another test run shares the machine during a measure."""
-    others = others_running()
-    if others:
-        bench.disturbed.append(f"{when}: {'; '.join(others)}")
-        log(f"WARNING: other test runs share the machine ({when}): {'; '.join(others)}")
-
-
-# --- where apply spends its time
-
-
-@contextmanager
-def phases(
-    calls: engine.ApiCalls | None = None, calls_by_phase: dict[str, int] | None = None
-) -> Iterator[dict[str, float]]:
-    """Seconds per phase; with `calls` (a counter running meanwhile), API calls per phase
-    into `calls_by_phase`."""
-    spent: dict[str, float] = defaultdict(float)
-    depth = [0]
-    originals = []
-
-    def wrap(phase: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            depth[0] += 1
-            started = time.perf_counter()
-            calls_before = calls.total if calls is not None else 0
-            try:
-                return function(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-                if depth[0] == 0:
-                    spent[phase] += time.perf_counter() - started
-                    if calls is not None and calls_by_phase is not None:
-                        calls_by_phase[phase] = (
-                            calls_by_phase.get(phase, 0) + calls.total - calls_before
-                        )
-
-        return timed
-
-    for phase, targets in PHASES.items():
-        for module, name in targets:
-            original = getattr(module, name)
-            originals.append((module, name, original))
-            setattr(module, name, wrap(phase, original))
-    try:
-        yield spent
-    finally:
-        for module, name, original in reversed(originals):
-            setattr(module, name, original)
-
-
-# --- the two ways of deploying
-
-
-def ours(bench: Bench, target: str) -> Run:
-    stacks = (CORE, target) if target != CORE else (CORE,)
-    lines: list[str] = []
-    wall = time.time()
-    by_phase: dict[str, int] = {}
-    with engine.count_api_calls(bench.client) as calls, phases(calls, by_phase) as spent:
-        started = time.perf_counter()
-        deploy.apply(
-            bench.settings,
-            target,
-            tunnel=False,
-            timeout=DEPLOY_TIMEOUT,
-            report=lines.append,
-            client=bench.client,
-        )
-        seconds = time.perf_counter() - started
-    return Run(
-        seconds=seconds,
-        engine_ready=engine_ready_at(bench, *stacks) - wall,
-        phases={**spent, "other (apply's own code)": seconds - sum(spent.values())},
-        api_calls=calls.total,
-        wait_api_calls=by_phase.get(WAIT_PHASE, 0),
-        services_changed=services_changed(lines),
-    )
-
-
-WAIT_PHASE = next(
-    name for name, targets in PHASES.items() if (converge, "wait_converged") in targets
+    Platform(
+        "synthetic",
+        f"{synthetic.SERVICES} generated services",
+        synthetic.STACK,
+        (synthetic.STACK,),
+        goal_status=1.0,
+    ),
 )
-
-
-def services_changed(lines: list[str]) -> int:
-    """How many services a deploy handed to the engine, from what it reported."""
-    return sum(
-        len(line.split(": deploying ", 1)[1].split(", "))
-        for line in lines
-        if ": deploying " in line
-    )
-
-
-def render(bench: Bench, stack: str) -> tuple[str, str]:
-    """The stack file a plain docker user would feed: rendered with infra's variables, `$`
-    escaped as infra.deploy does, the DISABLED_SERVICES left out."""
-    values = secrets.with_env_tokens(secrets.load(bench.settings), bench.settings)
-    plan = plan_stack(stack, bench.settings, values, tunnel=False)
-    rendered = engine.render_stack([str(p) for p in plan.files], plan.variables)
-    for name in plan.disabled:
-        rendered["services"].pop(name, None)
-    text = yaml.safe_dump(deploy._escape_dollars(rendered), sort_keys=False)
-    return text, plan.resolve_image
-
-
-def _stack_deploy(bench: Bench, stack: str, detach: bool) -> None:
-    text, resolve = bench.rendered[stack]
-    command = ["docker", "stack", "deploy", f"--detach={str(detach).lower()}"]
-    result = subprocess.run(
-        [*command, f"--resolve-image={resolve}", "-c", "-", stack],
-        input=text,
-        env=bench.docker_env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=DEPLOY_TIMEOUT,
-    )
-    if result.returncode:
-        raise RuntimeError(f"docker stack deploy {stack} failed: {result.stderr.strip()}")
-
-
-def plain(bench: Bench, target: str) -> Run:
-    """`docker stack deploy --detach=false -c - <stack>`: core, then the target. The CLI
-    returns once every service has run for its update monitor period (30 s here), one
-    service after the other."""
-    stacks = (CORE, target) if target != CORE else (CORE,)
-    wall = time.time()
-    started = time.perf_counter()
-    for stack in stacks:
-        _stack_deploy(bench, stack, detach=False)
-    seconds = time.perf_counter() - started
-    return Run(
-        seconds=seconds,
-        engine_ready=engine_ready_at(bench, *stacks) - wall,
-        converged=all_converged(bench, *stacks),
-    )
-
-
-def detached(bench: Bench, target: str) -> Run:
-    """The plain floor: `docker stack deploy` (detached) of core and the target at once, then
-    `docker stack services` every 0.25 s until every service shows n/n replicas (a task with
-    a health check counts as running once it is healthy)."""
-    stacks = (CORE, target) if target != CORE else (CORE,)
-    wall = time.time()
-    started = time.perf_counter()
-    for stack in stacks:
-        _stack_deploy(bench, stack, detach=True)
-    while True:
-        replicas = []
-        for stack in stacks:
-            listed = subprocess.run(
-                ["docker", "stack", "services", "--format", "{{.Replicas}}", stack],
-                env=bench.docker_env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            replicas += [line.split()[0].split("/") for line in listed.stdout.splitlines()]
-        if replicas and all(running == desired for running, desired in replicas):
-            break
-        if time.perf_counter() - started > DEPLOY_TIMEOUT:
-            raise RuntimeError(f"{', '.join(stacks)} did not converge: {replicas}")
-        time.sleep(0.25)
-    seconds = time.perf_counter() - started
-    return Run(
-        seconds=seconds,
-        engine_ready=engine_ready_at(bench, *stacks) - wall,
-        converged=all_converged(bench, *stacks),
-    )
-
-
-def redeploy(bench: Bench, how: Callable[[Bench, str], Run]) -> Run:
-    """The same deploy of dev once more, right after: what it costs and what it touches."""
-    before = versions(bench, CORE, "dev")
-    run = how(bench, "dev")
-    run.updates = changed(before, versions(bench, CORE, "dev"))
-    return run
+GOAL_LIST_SECONDS = 0.3
 
 
 # --- the measures
 
 
-def measure_deploys(bench: Bench, repeat: int) -> None:
-    log("first deploy of dev on the empty swarm (secrets, networks, data dirs, initdb)")
-    first = ours(bench, "dev")
-    bench.figures["first_deploy_dev"] = first.seconds
-    log(f"  {first.seconds:.1f} s")
-    bench.rendered = {stack: render(bench, stack) for stack in (CORE, "dev")}
-    stop_stacks(bench, "dev", CORE)
-
-    def core_with(how: str, deploy_stack: Callable[[Bench, str], Run]) -> Callable[[], None]:
-        def step() -> None:
-            bench.runs[f"core {how}"].append(deploy_stack(bench, CORE))
-            stop_stacks(bench, CORE)
-
-        return step
-
-    def dev_with(how: str, deploy_stack: Callable[[Bench, str], Run]) -> Callable[[], None]:
-        def step() -> None:
-            bench.runs[f"dev {how}"].append(deploy_stack(bench, "dev"))
-            if how != "detached":
-                bench.runs[f"noop {how}"].append(redeploy(bench, deploy_stack))
-            stop_stacks(bench, "dev", CORE)
-
-        return step
-
-    ways = (("ours", ours), ("plain", plain), ("detached", detached))
-    for index in range(repeat):
-        # Rotate which goes first, so a drift of the machine hits every way alike.
-        order = ways[index % len(ways) :] + ways[: index % len(ways)]
-        for make in (core_with, dev_with):
-            for how, deploy_stack in order:
-                watch(bench, f"round {index + 1}, before {make.__name__} {how}")
-                make(how, deploy_stack)()
-        watch(bench, f"end of round {index + 1}")
-        log(
-            f"round {index + 1}/{repeat}: "
-            + ", ".join(f"{name} {runs[-1].seconds:.1f} s" for name, runs in bench.runs.items())
-        )
-
-
-def subprocess_seconds(command: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command[:4])} failed: {result.stderr.strip()[-300:]}")
-    return seconds
-
-
-def measure_commands(bench: Bench, runs: int) -> None:
-    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT)]
-    pairs = {
-        "status": (([*invoke, "status"], bench.invoke_env), (["docker", "service", "ls"], None)),
-        "list": (([*invoke, "--list"], bench.invoke_env), (["docker", "--version"], None)),
-        "python": (([sys.executable, "-c", "pass"], bench.invoke_env), None),
-        "import": (([sys.executable, "-c", "import invoke"], bench.invoke_env), None),
-    }
-    for name, (mine, theirs) in pairs.items():
-        subprocess_seconds(mine[0], mine[1])  # warm the page cache once, not counted
-        for _ in range(runs):
-            bench.runs[f"{name} ours"].append(Run(subprocess_seconds(*mine), 0.0))
-            if theirs:
-                command, env = theirs
-                seconds = subprocess_seconds(command, env or bench.docker_env)
-                bench.runs[f"{name} plain"].append(Run(seconds, 0.0))
-
-    # In-process: how long connecting and building the status table take, in how many calls.
-    connects, tables, calls = [], [], []
+def measure_status(bench: Bench, platform: Platform, runs: int) -> None:
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "status"]
+    subprocess_seconds(invoke, bench.invoke_env)  # warm the page cache once, not counted
     for _ in range(runs):
+        bench.runs[f"{platform.key} status ours"].append(
+            Run(subprocess_seconds(invoke, bench.invoke_env))
+        )
+        bench.runs[f"{platform.key} status plain"].append(
+            Run(subprocess_seconds(["docker", "service", "ls"], bench.docker_env))
+        )
+    with count_api_calls(bench.client) as counted:
         started = time.perf_counter()
-        client = engine.connect(bench.settings.docker_host)
-        connects.append(time.perf_counter() - started)
-        with engine.count_api_calls(client) as counted:
-            started = time.perf_counter()
-            report.status_table(client)
-            tables.append(time.perf_counter() - started)
-        calls.append(counted.total)
-        client.close()
-    bench.figures["status_connect"] = median(connects)
-    bench.figures["status_table"] = median(tables)
-    bench.figures["status_api_calls"] = int(median(calls))
-    bench.figures["services_deployed"] = len(bench.client.services.list())
+        report.status_table(bench.client)
+        seconds = time.perf_counter() - started
+    bench.figures[f"{platform.key} status table"] = {
+        "seconds": seconds,
+        "api_calls": counted.total,
+        "services": len(bench.client.services.list()),
+        "calls": counted.summary(),
+    }
 
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", *invoke[1:], "--list"],
-        env=bench.invoke_env,
-        capture_output=True,
-        text=True,
-        check=False,
+
+def measure_platform(bench: Bench, platform: Platform, index: int, last: bool, runs: int) -> None:
+    def with_ours() -> None:
+        bench.runs[f"{platform.key} ours"].append(ours(bench, platform.target, platform.stacks))
+        bench.runs[f"{platform.key} noop ours"].append(
+            redeploy(bench, lambda: ours(bench, platform.target, platform.stacks), platform.stacks)
+        )
+        if last:
+            measure_status(bench, platform, runs)
+        stop_stacks(bench, platform.stacks)
+
+    def with_plain() -> None:
+        bench.runs[f"{platform.key} plain"].append(plain(bench, platform.stacks))
+        bench.runs[f"{platform.key} noop plain"].append(
+            redeploy(bench, lambda: plain(bench, platform.stacks), platform.stacks)
+        )
+        stop_stacks(bench, platform.stacks)
+
+    def with_cli_wait() -> None:
+        bench.runs[f"{platform.key} cli-wait"].append(cli_wait(bench, platform.stacks))
+        stop_stacks(bench, platform.stacks)
+
+    ways = [("ours", with_ours), ("plain", with_plain)]
+    if platform.key == "coredev" and index == 0:
+        ways.append(("cli-wait", with_cli_wait))
+    # Rotate which goes first, so a drift of the machine hits every way alike.
+    shift = index % len(ways)
+    for how, step in ways[shift:] + ways[:shift]:
+        watch(bench, f"round {index + 1}, before {platform.key} {how}")
+        step()
+        # Said as it goes, so a run cut short still shows what it measured.
+        # (`done`, not `runs`: the steps above read this function's `runs` when they run.)
+        for name, done in bench.runs.items():
+            if name.startswith(f"{platform.key} {how}") or name.startswith(
+                f"{platform.key} noop {how}"
+            ):
+                run = done[-1]
+                calls = f", {run.api_calls} API calls ({run.wait_api_calls} waiting)"
+                log(
+                    f"  {name}: {run.seconds:.2f} s"
+                    + (f", engine ready {run.engine_ready:.2f} s" if run.engine_ready else "")
+                    + (calls if run.api_calls is not None else "")
+                    + (f", {run.updates} updated" if run.updates is not None else "")
+                    + (f"; last running: {run.slowest}" if run.slowest else "")
+                )
+                if run.phases:
+                    log("    " + ", ".join(f"{k} {v:.2f}" for k, v in run.phases.items()))
+
+
+def warm_up(bench: Bench) -> None:
+    """The first deploys write secrets.yml, create the secrets, networks and data
+    directories and initialise the databases: timed, but apart."""
+    log("first deploy of dev on the empty swarm (secrets, networks, data dirs, initdb)")
+    first = ours(bench, "dev", (CORE, "dev"))
+    bench.figures["first deploy of dev"] = first.seconds
+    log(f"  {first.seconds:.1f} s")
+    log("first deploy of every stack (shared's data dirs, stg's and prod's initdb)")
+    first = ours(bench, "all", DEPLOY_ALL)
+    bench.figures["first deploy of the other stacks"] = first.seconds
+    log(f"  {first.seconds:.1f} s")
+    image = bench.settings.images["REDIS_IMAGE"]
+    bench.extra[synthetic.STACK] = synthetic.plan(
+        bench.workdir, image, bench.settings.engine_variables()
     )
-    top = []
-    for line in result.stderr.splitlines():
-        if not line.startswith("import time:") or "cumulative" in line:
-            continue
-        _, cumulative, name = line.split("|")
-        if not name[1:].startswith(" "):  # top level: imported by nothing measured
-            top.append((int(cumulative) / 1e6, name.strip()))
-    bench.figures["imports"] = sorted(top, reverse=True)[:10]
-    bench.figures["imports_total"] = sum(seconds for seconds, _ in top)
+    bench.rendered = {stack: render(bench, stack) for stack in (*DEPLOY_ALL, synthetic.STACK)}
+    stop_stacks(bench, DEPLOY_ALL)
 
 
 # --- the report
 
 
-def table(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
-    def fig(name: str) -> float:
-        return median([run.seconds for run in bench.runs[name]])
+def fig(bench: Bench, name: str, attr: str = "seconds") -> float:
+    return median([getattr(run, attr) for run in bench.runs.get(name, [])])
 
-    def ratio(mine: float, theirs: float) -> str:
-        return f"{mine / theirs:.2f}" if theirs else "-"
 
-    rows = []
-    for label, key, way in (
-        ("deploy core, vs --detach=false", "core", "plain"),
-        ("deploy core, vs detached + poll", "core", "detached"),
-        ("deploy dev (with core), vs --detach=false", "dev", "plain"),
-        ("deploy dev (with core), vs detached + poll", "dev", "detached"),
-    ):
-        mine, theirs = fig(f"{key} ours"), fig(f"{key} {way}")
+def verdict(value: float, goal: float | None) -> tuple[str, str]:
+    if goal is None:
+        return "-", "-"
+    return f"<= {goal:g} s", "yes" if value <= goal else "NO"
+
+
+def ratio(mine: float, theirs: float) -> str:
+    return f"{mine / theirs:.2f}" if theirs else "-"
+
+
+def table(bench: Bench) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for p in PLATFORMS:
+        mine, theirs = fig(bench, f"{p.key} ours"), fig(bench, f"{p.key} plain")
         rows.append(
             (
-                label,
-                f"{mine:.1f} s",
-                f"{theirs:.1f} s",
-                ratio(mine, theirs),
-                f"ratio <= {GOAL_DEPLOY_RATIO}",
-                "yes" if mine / theirs <= GOAL_DEPLOY_RATIO else "NO",
-            )
-        )
-    mine, theirs = fig("noop ours"), fig("noop plain")
-    rows.append(
-        (
-            "no-op redeploy of dev",
-            f"{mine:.2f} s",
-            f"{theirs:.1f} s",
-            ratio(mine, theirs),
-            f"<= {GOAL_NOOP_SECONDS:.0f} s",
-            "yes" if mine <= GOAL_NOOP_SECONDS else "NO",
-        )
-    )
-    updates = max(run.updates or 0 for run in bench.runs["noop ours"])
-    plain_updates = max(run.updates or 0 for run in bench.runs["noop plain"])
-    rows.append(
-        (
-            "services updated by the no-op",
-            str(updates),
-            str(plain_updates),
-            "-",
-            "0",
-            "yes" if updates == 0 else "NO",
-        )
-    )
-    for label, key, goal in (
-        ("`invoke status` vs `docker service ls`", "status", GOAL_STATUS_SECONDS),
-        ("`invoke --list` vs `docker --version`", "list", GOAL_LIST_SECONDS),
-    ):
-        mine, theirs = fig(f"{key} ours"), fig(f"{key} plain")
-        rows.append(
-            (
-                label,
+                f"deploy {p.label} to converged, vs detached deploy + poll (engine floor)",
                 f"{mine:.2f} s",
                 f"{theirs:.2f} s",
                 ratio(mine, theirs),
-                f"<= {goal} s",
-                "yes" if mine <= goal else "NO",
+                *verdict(mine, p.goal_deploy),
             )
         )
+        if bench.runs.get(f"{p.key} cli-wait"):
+            cli = fig(bench, f"{p.key} cli-wait")
+            rows.append(
+                (
+                    f"deploy {p.label} to converged, vs `docker stack deploy --detach=false`",
+                    f"{mine:.2f} s",
+                    f"{cli:.1f} s",
+                    ratio(mine, cli),
+                    "-",
+                    "-",
+                )
+            )
+        mine, theirs = fig(bench, f"{p.key} noop ours"), fig(bench, f"{p.key} noop plain")
+        rows.append(
+            (
+                f"no-op redeploy of {p.label}",
+                f"{mine:.2f} s",
+                f"{theirs:.2f} s",
+                ratio(mine, theirs),
+                *verdict(mine, p.goal_noop),
+            )
+        )
+        updates = max((run.updates or 0) for run in bench.runs[f"{p.key} noop ours"])
+        plain_updates = max((run.updates or 0) for run in bench.runs[f"{p.key} noop plain"])
+        rows.append(
+            (
+                "services updated by that no-op",
+                str(updates),
+                str(plain_updates),
+                "-",
+                "0",
+                "yes" if updates == 0 else "NO",
+            )
+        )
+        mine, theirs = fig(bench, f"{p.key} status ours"), fig(bench, f"{p.key} status plain")
+        rows.append(
+            (
+                f"`invoke status` vs `docker service ls`, {p.label} deployed",
+                f"{mine:.2f} s",
+                f"{theirs:.2f} s",
+                ratio(mine, theirs),
+                *verdict(mine, p.goal_status),
+            )
+        )
+    mine, theirs = fig(bench, "list ours"), fig(bench, "list plain")
+    rows.append(
+        (
+            "`invoke --list` vs `docker --version`",
+            f"{mine:.2f} s",
+            f"{theirs:.2f} s",
+            ratio(mine, theirs),
+            *verdict(mine, GOAL_LIST_SECONDS),
+        )
+    )
     return rows
 
 
-def print_report(bench: Bench, machine: dict[str, str]) -> None:
-    def fig(name: str, attr: str = "seconds") -> float:
-        return median([getattr(run, attr) for run in bench.runs[name]])
+def wait_budget(changed: int, stacks: int) -> int:
+    """What a deploy's waits may cost: WAIT_CALLS_PER_CHANGED_SERVICE per changed service
+    plus WAIT_CONSTANT_CALLS for each stack waited on."""
+    return converge.WAIT_CALLS_PER_CHANGED_SERVICE * changed + converge.WAIT_CONSTANT_CALLS * stacks
 
-    print()
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
-    header = ("measure", "ours", "plain docker", "ratio", "goal", "met?")
-    rows = table(bench)
+
+def api_table(bench: Bench) -> list[tuple[str, ...]]:
+    rows = []
+    for p in PLATFORMS:
+        for kind, name in (("deploy", f"{p.key} ours"), ("no-op redeploy", f"{p.key} noop ours")):
+            runs = bench.runs.get(name, [])
+            if not runs:
+                continue
+            changed = int(median([run.services_changed or 0 for run in runs]))
+            waiting = int(median([run.wait_api_calls or 0 for run in runs]))
+            total = int(median([run.api_calls or 0 for run in runs]))
+            budget = wait_budget(changed, len(p.stacks))
+            rows.append(
+                (
+                    f"{kind} of {p.label}",
+                    str(total),
+                    str(waiting),
+                    str(changed),
+                    f"{waiting / changed:.1f}" if changed else "-",
+                    f"{budget}",
+                    "yes" if waiting <= budget else "NO",
+                )
+            )
+        status = bench.figures.get(f"{p.key} status table")
+        if status:
+            rows.append(
+                (
+                    f"status table, {p.label} ({status['services']} services)",
+                    str(status["api_calls"]),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                )
+            )
+    return rows
+
+
+def print_table(header: Sequence[str], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-    print()
-    for row in (header, tuple("-" * w for w in widths), *rows):
+    for row in (tuple(header), tuple("-" * w for w in widths), *rows):
         print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
+
+def print_report(bench: Bench, machine: dict[str, str]) -> None:
+    print()
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    print()
+    print_table(("measure", "ours", "plain docker", "ratio", "goal", "met?"), table(bench))
+    print()
+    print(
+        "API calls of ours (median; waits: during the convergence waits; budget: "
+        f"{converge.WAIT_CALLS_PER_CHANGED_SERVICE} per changed service + "
+        f"{converge.WAIT_CONSTANT_CALLS} per stack waited on):"
+    )
+    print()
+    print_table(
+        ("operation", "API calls", "in waits", "changed", "per changed", "budget", "met?"),
+        api_table(bench),
+    )
     if bench.disturbed:
         print()
         print("WARNING: other test runs shared the machine during the measures:")
         print("\n".join(f"  {line}" for line in bench.disturbed))
     print()
-    print("every run (seconds; the engine had the last task running after the 2nd figure):")
+    print("every run (seconds; in brackets: when the engine had the last task running):")
     for name, runs in bench.runs.items():
         figures = ", ".join(
             f"{run.seconds:.2f}" + (f" ({run.engine_ready:.1f})" if run.engine_ready > 0 else "")
@@ -619,77 +360,80 @@ def print_report(bench: Bench, machine: dict[str, str]) -> None:
             extra = f"  updates {[run.updates for run in runs]}"
         if not all(run.converged for run in runs):
             extra += "  NOT CONVERGED when docker returned"
-        print(f"  {name:<12} {figures}{extra}")
-    print(f"  first deploy of dev on the empty swarm: {bench.figures['first_deploy_dev']:.1f} s")
+        print(f"  {name:<22} {figures}{extra}")
+        if runs and runs[-1].slowest:
+            print(f"  {'':<22} last running (s from the start): {runs[-1].slowest}")
+    for name in ("first deploy of dev", "first deploy of the other stacks"):
+        print(f"  {name}: {bench.figures[name]:.1f} s")
+    print()
+    print("where ours spends its time (median seconds per phase):")
+    for p in PLATFORMS:
+        for name in (f"{p.key} ours", f"{p.key} noop ours"):
+            spent: dict[str, list[float]] = defaultdict(list)
+            for run in bench.runs.get(name, []):
+                for phase, seconds in run.phases.items():
+                    spent[phase].append(seconds)
+            ready = fig(bench, name, "engine_ready")
+            after = f", engine had every task running after {ready:.2f}" if ready > 0 else ""
+            print(f"  {name} (total {fig(bench, name):.2f}{after})")
+            for phase, values in spent.items():
+                print(f"    {phase:<44} {median(values):6.2f}")
+    print()
+    print("API calls by endpoint (last run of each):")
+    for name, runs in bench.runs.items():
+        if runs and runs[-1].api_summary:
+            print(f"  {name:<22} {runs[-1].api_summary}")
+    for p in PLATFORMS:
+        status = bench.figures.get(f"{p.key} status table")
+        if status:
+            print(
+                f"  {p.key} status table   {status['seconds']:.3f} s in-process: {status['calls']}"
+            )
+    print()
+    print(
+        f"start-up: python -c pass {fig(bench, 'python ours'):.3f} s, python -c 'import invoke' "
+        f"{fig(bench, 'import ours'):.3f} s, invoke --list {fig(bench, 'list ours'):.3f} s"
+    )
 
-    print()
-    print("where apply spends its time (median seconds per phase):")
-    for name in ("core ours", "dev ours", "noop ours"):
-        spent: dict[str, list[float]] = defaultdict(list)
-        for run in bench.runs[name]:
-            for phase, seconds in run.phases.items():
-                spent[phase].append(seconds)
-        ready = fig(name, "engine_ready")
-        after = f", engine had every task running after {ready:.1f}" if ready > 0 else ""
-        print(f"  {name} (total {fig(name):.2f}{after})")
-        for phase, values in spent.items():
-            print(f"    {phase:<44} {median(values):6.2f}")
-    for name in ("core plain", "core detached", "dev plain", "dev detached"):
-        ready = fig(name, "engine_ready")
-        print(f"  {name}: total {fig(name):.1f}, engine had every task running after {ready:.1f}")
 
-    print()
-    print("API calls per operation (median; in brackets: during the convergence waits):")
-    for name in ("core ours", "dev ours", "noop ours"):
-        runs = [run for run in bench.runs[name] if run.api_calls is not None]
-        if not runs:
-            continue
-        changed_services = int(median([run.services_changed or 0 for run in runs]))
-        wait_calls = int(median([run.wait_api_calls or 0 for run in runs]))
-        per = (
-            f", {wait_calls / changed_services:.1f} per changed service" if changed_services else ""
-        )
-        print(
-            f"  {name:<10} {int(median([run.api_calls for run in runs])):4d} "
-            f"({wait_calls} waiting; {changed_services} services changed{per})"
-        )
-    if "deploy_all_api_calls" in bench.figures:
-        print(
-            f"  deploy all {bench.figures['deploy_all_api_calls']:4d} "
-            f"({bench.figures['deploy_all_wait_api_calls']} waiting)"
-        )
-    print(f"  status     {bench.figures['status_api_calls']:4d} (the status table, in-process)")
-    print()
-    print(
-        f"status: {bench.figures['services_deployed']} services deployed; in-process "
-        f"connect {bench.figures['status_connect']:.2f} s, status table "
-        f"{bench.figures['status_table']:.2f} s in {bench.figures['status_api_calls']} API calls"
-    )
-    print(
-        f"start-up: python -c pass {fig('python ours'):.3f} s, python -c 'import invoke' "
-        f"{fig('import ours'):.3f} s, invoke --list {fig('list ours'):.3f} s"
-    )
-    print(
-        f"slowest top-level imports of invoke --list (python -X importtime, total "
-        f"{bench.figures['imports_total']:.3f} s):"
-    )
-    for seconds, name in bench.figures["imports"]:
-        print(f"  {seconds:6.3f} s  {name}")
+def measure_start_up(bench: Bench, runs: int) -> None:
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "--list"]
+    pairs = {
+        "list": (invoke, ["docker", "--version"]),
+        "python": ([sys.executable, "-c", "pass"], None),
+        "import": ([sys.executable, "-c", "import invoke"], None),
+    }
+    for name, (mine, theirs) in pairs.items():
+        subprocess_seconds(mine, bench.invoke_env)  # warm the page cache once, not counted
+        for _ in range(runs):
+            bench.runs[f"{name} ours"].append(Run(subprocess_seconds(mine, bench.invoke_env)))
+            if theirs:
+                bench.runs[f"{name} plain"].append(
+                    Run(subprocess_seconds(theirs, bench.docker_env))
+                )
 
 
 def machine_facts(bench: Bench, outer: docker.DockerClient) -> dict[str, str]:
     cli = subprocess.run(
         ["docker", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit or "unknown",
         "cores": str(os.cpu_count()),
         "memory": f"{memory:.0f} GiB",
         "python": host_platform.python_version(),
         "docker CLI": cli.split(",")[0].removeprefix("Docker version "),
         "outer engine": outer.version()["Version"],
         "dind engine": bench.client.version()["Version"],
+        "dind API": bench.client.version()["ApiVersion"],
     }
 
 
@@ -709,26 +453,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     bench = start(outer)
     try:
-        measure_deploys(bench, args.repeat)
-        log("deploying every stack that has images here, for `invoke status`")
-        started = time.perf_counter()
-        by_phase: dict[str, int] = {}
-        with engine.count_api_calls(bench.client) as calls, phases(calls, by_phase):
-            deploy.apply(
-                bench.settings,
-                "all",
-                tunnel=False,
-                timeout=DEPLOY_TIMEOUT,
-                report=lambda _line: None,
-                client=bench.client,
+        warm_up(bench)
+        for index in range(args.repeat):
+            last = index == args.repeat - 1
+            for platform in PLATFORMS:
+                measure_platform(bench, platform, index, last, args.runs)
+            log(
+                f"round {index + 1}/{args.repeat}: "
+                + ", ".join(
+                    f"{p.label} {bench.runs[f'{p.key} ours'][-1].seconds:.2f} s" for p in PLATFORMS
+                )
             )
-        bench.figures["deploy_all"] = time.perf_counter() - started
-        bench.figures["deploy_all_api_calls"] = calls.total
-        bench.figures["deploy_all_wait_api_calls"] = by_phase.get(WAIT_PHASE, 0)
-        log(f"  {', '.join(DEPLOY_ALL)} in {bench.figures['deploy_all']:.1f} s")
-        watch(bench, "before the commands")
-        measure_commands(bench, args.runs)
-        watch(bench, "after the commands")
+        measure_start_up(bench, args.runs)
+        watch(bench, "at the end")
         machine = machine_facts(bench, outer)
         print_report(bench, machine)
         if args.json:
@@ -737,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         "machine": machine,
                         "table": table(bench),
+                        "api_calls": api_table(bench),
                         "runs": {
                             name: [run.__dict__ for run in runs]
                             for name, runs in bench.runs.items()

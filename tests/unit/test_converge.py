@@ -149,6 +149,20 @@ def test_a_redeploy_that_changed_nothing_looks_once_and_never_listens():
     assert not listened
 
 
+def test_changed_services_that_already_run_cost_one_look_and_no_stream():
+    """A stack deployed together with one waited on before it: its changed services may
+    have converged meanwhile; one look says so, and no event stream is opened."""
+    clock = Clock()
+    swarm = Swarm(
+        clock,
+        {"dev_postgres": [(0, state("dev_postgres"))], "dev_redis": [(0, state("dev_redis"))]},
+    )
+    states, listened = wait(swarm, Events(clock, []), changed={"dev_postgres"})
+    assert all(s.converged for s in states)
+    assert swarm.looks == [None]
+    assert not listened
+
+
 def test_a_changed_service_is_looked_at_when_it_becomes_healthy_not_on_a_clock():
     clock = Clock()
     swarm = Swarm(

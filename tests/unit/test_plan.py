@@ -148,3 +148,16 @@ def test_stack_is_rendered_from_its_files_and_deployed_from_stdin(settings, valu
     deploy = stack.deploy_command()
     assert deploy[:3] == ["docker", "stack", "deploy"]
     assert deploy[-3:] == ["-c", "-", "stg"]
+
+
+def test_a_stack_file_is_read_again_once_it_changes_and_callers_get_their_own_copy(tmp_path):
+    path = tmp_path / "stack.yml"
+    path.write_text("services:\n  web:\n    image: a\n")
+    first = planning._read_stack_file(path)
+    first["services"]["web"]["image"] = "changed by a caller"
+    assert planning._read_stack_file(path) == {"services": {"web": {"image": "a"}}}
+    path.write_text("services:\n  web:\n    image: bb\n")
+    assert planning._read_stack_file(path) == {"services": {"web": {"image": "bb"}}}
+    path.write_text("- not a mapping\n")
+    with pytest.raises(SettingsError, match="is not a compose file"):
+        planning._read_stack_file(path)

@@ -136,6 +136,7 @@ def test_n8n_owner_hash_is_the_same_for_the_same_password_and_key():
     """A redeploy renders the same secret (nothing restarts); another password or another
     installation's key gives another salt."""
     first = secrets.n8n_password_hash("pw-1", "key-1")
+    secrets.n8n_password_hash.cache_clear()  # computed again, not the process's memo
     assert secrets.n8n_password_hash("pw-1", "key-1") == first
     salts = {
         secrets.n8n_password_hash(password, key)[:29]
