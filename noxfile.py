@@ -50,7 +50,8 @@ def acceptance(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def acceptance_nodes(session: nox.Session) -> None:
-    """The swarm tests on three dind nodes: data placed by label, a lost worker survived."""
+    """The swarm tests on three dind nodes: data placed by label, a lost worker survived,
+    three managers losing one."""
     _install(session)
     default = (
         "tests/acceptance/test_node_exporter.py",  # every node scraped at its own address

@@ -3,7 +3,8 @@
 On the suite's one-node swarm the first deploy labels the only node; with `--nodes=3`
 (`nox -s acceptance_nodes`) the manager holds every target's data (conftest labels it, as an
 operator would) and prod's is moved to a worker before prod is first deployed, so Postgres
-must land there.
+must land there. A worker is lost and comes back with no row, key or object lost; then both
+workers are promoted for the three-manager variant, which loses one manager and keeps working.
 """
 
 from __future__ import annotations
@@ -205,6 +206,48 @@ def test_a_lost_worker_leaves_every_service_running_on_the_other_nodes(dev):
 
     dev.wait_for(back, timeout=180, interval=2, what=f"{name} back and every stack converged")
     assert _read_data(dev, written) == written  # no row, key or object lost
+
+
+def _set_role(node, role: str) -> None:
+    node.reload()
+    node.update({**node.attrs["Spec"], "Role": role})
+
+
+def test_three_managers_keep_the_swarm_working_when_one_is_lost(dev):
+    """The three-manager variant of the same swarm (`--nodes=3`): both workers promoted, a
+    manager without data stopped: the swarm still takes changes and `swarm.status` says no
+    more managers can be lost; once it is back, both are workers again, as the module began."""
+    workers = [n for n in dev.client.nodes.list() if n.attrs["Spec"]["Role"] == "worker"]
+    if len(workers) < 2:
+        pytest.skip("needs two workers to promote: run with --nodes=3")
+    lost = next(n for n in workers if not placement.held_targets(n))
+    index = _index_of(dev, lost.id)
+
+    def quorum(words: str) -> None:
+        def says() -> bool:
+            result = dev.invoke("swarm.status")
+            assert words in result.stdout, result.stdout + result.stderr
+            return True
+
+        dev.wait_for(says, timeout=120, interval=2, what=f"quorum: {words}")
+
+    for node in workers:
+        _set_role(node, "manager")
+    try:
+        quorum("healthy: 3 of 3 managers reachable; it can lose 1 more manager(s)")
+        dev.swarm.stop_node(index)
+        try:
+            quorum("healthy: 2 of 3 managers reachable; it can lose no manager")
+            # A change the managers must agree on (a raft write) still goes through.
+            config = dev.client.configs.create(name=f"quorum-{uuid.uuid4().hex[:8]}", data=b"1")
+            config.remove()
+        finally:
+            dev.swarm.start_node(index)
+        quorum("healthy: 3 of 3 managers reachable")
+    finally:
+        for node in workers:
+            _set_role(node, "worker")
+    quorum("healthy: 1 of 1 managers reachable")
 
 
 def _write_data(platform) -> dict[str, str]:
