@@ -14,8 +14,10 @@ from docker.errors import APIError, NotFound
 from infra import engine
 from infra.backup.manifest import BackupError
 from infra.catalog import ENVIRONMENTS
+from infra.errors import EngineError
 from infra.settings import Settings
 from infra.swarm.companion import Reach
+from infra.swarm.placement import hostname
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
 LONG_TIMEOUT = 6 * 3600  # a dump or restore may stay silent on the API for a long time
@@ -32,6 +34,14 @@ def running_container(client: docker.DockerClient, service: str):
         filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"}
     )
     if not found:
+        with contextlib.suppress(EngineError):  # not deployed, or no task: as below
+            _, node_id = engine.running_task(client, service)
+            node = hostname(client.nodes.get(node_id))
+            raise BackupError(
+                f"{service} runs on node {node}, not on this engine's node; the shared stack's "
+                f"backup and restore need its data here. Run them with DOCKER_HOST at {node}'s "
+                "engine (a manager)."
+            )
         stack = service.split("_", 1)[0]
         deploy = f"deploy.env --name={stack}" if stack in ENVIRONMENTS else f"deploy.{stack}"
         raise BackupError(
