@@ -597,6 +597,9 @@ def rotate(
     try:
         pending = begin(settings, key, report)
         apply_live(settings, services, pending, report)
+        # A companion mounts the secret versions the redeploy replaces: gone first, so they
+        # can be pruned; the check makes a new one.
+        services.close()
         store(settings, pending, report)
         redeploy(settings, client, pending, timeout, report)
         check(settings, services, pending, report)
