@@ -94,7 +94,7 @@ from infra.backup.retention import (
     plan_retention,
     prune,
 )
-from infra.backup.run import RunResult, run_backup
+from infra.backup.run import RunResult, copy_offsite, run_backup
 from infra.backup.schedule import Outcome, run_all
 from infra.backup.shared import DATA_PARTS, backup_shared, copy_data_directory, export_buckets
 from infra.backup.shared_restore import SharedRestoreResult, restore_shared
@@ -155,6 +155,7 @@ __all__ = [
     "run_all",
     "restore_shared",
     "run_backup",
+    "copy_offsite",
     "running_container",
     "scale",
     "sha256_file",

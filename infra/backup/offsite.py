@@ -27,8 +27,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from infra.backup import retention
 from infra.backup.manifest import (
     MANIFEST,
     BackupError,
@@ -320,3 +322,55 @@ def _download(s3, bucket: str, key: str, path: Path) -> None:
     with _private_file(path) as handle:
         for chunk in iter(lambda: body.read(_CHUNK), b""):
             handle.write(chunk)
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+@dataclass
+class RemotePrune:
+    url: str  # s3://bucket/<target>/
+    plan: retention.RetentionPlan  # of the copies in the bucket
+    removed: tuple[str, ...]  # the s3:// address of each copy removed
+
+
+def _remote_entries(s3, bucket: str, target: str) -> dict[str, list[str]]:
+    """Every copy of `target` in the bucket: its name and its keys."""
+    copies: dict[str, list[str]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{target}/"):
+        for item in page.get("Contents", []):
+            name, _, rest = item["Key"][len(target) + 1 :].partition("/")
+            if rest:
+                copies.setdefault(name, []).append(item["Key"])
+    return copies
+
+
+def prune(
+    settings: Settings, target: str, report: Report = print, remote_: Remote | None = None
+) -> RemotePrune:
+    """Remove the off-site copies of `target` that BACKUP_KEEP no longer keeps, by the same
+    policy as the local backups (retention.plan_retention): a copy with its manifest is a
+    verified backup; one without (an upload cut short) is left alone, as locally. Each copy's
+    manifest goes first, so a copy half removed is no longer a backup for a restore."""
+    destination = remote_ or remote(settings)
+    s3 = _client(destination)
+    url = destination.url(f"{target}/")
+    hint = "The copies are as they were; check BACKUP_S3_* and the keys."
+    removed = []
+    with _s3_errors(f"pruning the off-site copies in {url}", hint):
+        copies = _remote_entries(s3, destination.bucket, target)
+        entries = [
+            retention.Entry(name, f"{target}/{name}/{MANIFEST}" in keys)
+            for name, keys in copies.items()
+        ]
+        plan = retention.plan_retention(entries, datetime.now(UTC), settings.backup_keep)
+        for name in plan.pruned:
+            manifest = f"{target}/{name}/{MANIFEST}"
+            rest = [key for key in copies[name] if key != manifest]
+            s3.delete_object(Bucket=destination.bucket, Key=manifest)
+            for start in range(0, len(rest), 1000):  # DeleteObjects takes up to 1000 keys
+                batch = [{"Key": key} for key in rest[start : start + 1000]]
+                s3.delete_objects(Bucket=destination.bucket, Delete={"Objects": batch})
+            removed.append(destination.url(f"{target}/{name}/"))
+            report(f"pruned off-site copy {removed[-1]}")
+    return RemotePrune(url, plan, tuple(removed))

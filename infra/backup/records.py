@@ -28,6 +28,14 @@ drill_<env>.prom in the same directory, in the same way:
   nextcandle_drill_last_duration_seconds           how long it took
   nextcandle_drill_last_result                     1: the backup restored as its manifest says
 
+Every off-site copy (BACKUP_S3_BUCKET, offsite.py) rewrites offsite_<target>.prom beside
+them, in the same way, once the backup itself is verified:
+
+  nextcandle_offsite_last_success_timestamp_seconds  when the last copy read back equal ended
+  nextcandle_offsite_last_run_timestamp_seconds      when the last copy ended, whatever its result
+  nextcandle_offsite_last_duration_seconds           how long it took
+  nextcandle_offsite_last_result                     1: every file read back equal; 0: it failed
+
 The records are read again by `invoke status` (last_records, last_drills), with no
 Prometheus needed.
 They are where the run happens: run backups on the manager that holds DATA_ROOT.
@@ -74,6 +82,17 @@ DRILL_HELP = {
         "1 if the last drill restored the newest backup as its manifest says, 0 if it failed."
     ),
 }
+OFFSITE_PREFIX = "nextcandle_offsite_"
+OFFSITE_HELP = {
+    "last_success_timestamp_seconds": (
+        "Unix time at which the last off-site copy of the target that read back equal ended."
+    ),
+    "last_run_timestamp_seconds": (
+        "Unix time at which the last off-site copy ended, whatever its result."
+    ),
+    "last_duration_seconds": "Seconds the last off-site copy took, whatever its result.",
+    "last_result": "1 if every file of the last off-site copy read back equal, 0 if it failed.",
+}
 _SAMPLE = re.compile(r'^(?P<metric>[a-z_]+)\{env="(?P<env>[a-z]+)"\} (?P<value>\S+)$')
 
 
@@ -97,6 +116,17 @@ def path_of(settings: Settings, target: str) -> Path:
 
 def drill_path_of(settings: Settings, env: str) -> Path:
     return directory(settings) / f"drill_{env}.prom"
+
+
+def offsite_path_of(settings: Settings, target: str) -> Path:
+    return directory(settings) / f"offsite_{target}.prom"
+
+
+# The kinds of record besides the backup's own: its file, metric prefix and help texts.
+_KINDS = {
+    "drill": (drill_path_of, DRILL_PREFIX, DRILL_HELP),
+    "offsite": (offsite_path_of, OFFSITE_PREFIX, OFFSITE_HELP),
+}
 
 
 def _number(value: float) -> str:
@@ -160,26 +190,37 @@ def read(settings: Settings, target: str) -> Record | None:
 
 
 def read_drill(settings: Settings, env: str) -> Record | None:
+    return _read_kind(settings, env, "drill")
+
+
+def read_offsite(settings: Settings, target: str) -> Record | None:
+    return _read_kind(settings, target, "offsite")
+
+
+def _read_kind(settings: Settings, target: str, kind: str) -> Record | None:
+    path_of_kind, prefix, _ = _KINDS[kind]
     try:
-        text = drill_path_of(settings, env).read_text(encoding="utf-8")
+        text = path_of_kind(settings, target).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    return parse(text, env, DRILL_PREFIX)
+    return parse(text, target, prefix)
 
 
-def write(settings: Settings, record: Record, drill: bool = False) -> Path:
-    """Replace the target's record file atomically (temporary file, fsync, rename), 0644."""
+def write(settings: Settings, record: Record, kind: str = "") -> Path:
+    """Replace the target's record file atomically (temporary file, fsync, rename), 0644;
+    `kind` "drill" or "offsite" for those records, "" for the backup's own."""
     folder = directory(settings)
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     if folder.stat().st_mode & 0o005 != 0o005:  # a umask of 077 made it: node-exporter reads it
         with contextlib.suppress(PermissionError):
             folder.chmod(0o755)
-    final = (drill_path_of if drill else path_of)(settings, record.target)
+    path_of_kind, prefix, help_texts = _KINDS[kind] if kind else (path_of, PREFIX, HELP)
+    final = path_of_kind(settings, record.target)
     # Not *.prom: node-exporter skips it until it is renamed.
     fd, temporary = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(render(record, DRILL_PREFIX, DRILL_HELP) if drill else render(record))
+            handle.write(render(record, prefix, help_texts))
             handle.flush()
             os.fchmod(handle.fileno(), 0o644)
             os.fsync(handle.fileno())
@@ -214,13 +255,25 @@ def record_drill(
     settings: Settings, env: str, finished: float, duration: float, success: bool
 ) -> Path:
     """A drill's record; a failed one keeps the time of the last drill that passed."""
+    return _record_result(settings, "drill", env, finished, duration, success)
+
+
+def record_offsite(
+    settings: Settings, target: str, finished: float, duration: float, success: bool
+) -> Path:
+    """An off-site copy's record; a failed one keeps the time of the last copy that passed."""
+    return _record_result(settings, "offsite", target, finished, duration, success)
+
+
+def _record_result(
+    settings: Settings, kind: str, target: str, finished: float, duration: float, success: bool
+) -> Path:
     last_success: float | None = finished
     if not success:
-        previous = read_drill(settings, env)
+        previous = _read_kind(settings, target, kind)
         last_success = previous.last_success if previous is not None else None
-    return write(
-        settings, Record(env, finished, duration, success, last_success=last_success), drill=True
-    )
+    record = Record(target, finished, duration, success, last_success=last_success)
+    return write(settings, record, kind=kind)
 
 
 # --- for the operator: `invoke status` ---------------------------------------------------

@@ -6,12 +6,13 @@ running) stops the run before it starts, changing nothing, with no record. From 
 run is recorded whatever happens: a verified backup as a success, anything else as a failure
 (records.py). Once the backup is verified and recorded, it is copied off-site when
 BACKUP_S3_BUCKET is set (offsite.py; a failed copy ends the run with the local backup kept
-and nothing pruned), then BACKUP_KEEP prunes the target's older backups, unless the run keeps
-everything (--keep-all).
+and nothing pruned), then BACKUP_KEEP prunes the target's older backups, here and in the
+bucket, unless the run keeps everything (--keep-all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ class RunResult:
     record: Path
     pruned: retention.PruneResult | None  # None: --keep-all
     offsite: offsite.OffsiteCopy | None = None  # None: no BACKUP_S3_BUCKET
+    offsite_pruned: offsite.RemotePrune | None = None  # None: no bucket, or --keep-all
 
 
 def check_backup_root(backups: Path) -> None:
@@ -98,14 +100,40 @@ def run_backup(
     copy = None
     if remote is not None:
         # Before pruning: while the newest backup has no off-site copy, the older ones stay.
-        try:
-            copy = offsite.upload(settings, target, result.path, report=report, remote_=remote)
-        except BackupError as exc:
-            raise BackupError(f"backup {result.path} is written and verified, but {exc}") from None
-    pruned = None
+        copy = copy_offsite(settings, target, result.path, report, remote)
+    pruned = remote_pruned = None
     if not keep_all and not keep.everything:
         try:
             pruned = retention.prune(settings, target, report=report)
+            if remote is not None:  # the bucket keeps what BACKUP_KEEP keeps, like BACKUP_ROOT
+                remote_pruned = offsite.prune(settings, target, report=report, remote_=remote)
         except BackupError as exc:
             raise BackupError(f"backup {result.path} is written and verified, but {exc}") from None
-    return RunResult(target, result, record, pruned, copy)
+    return RunResult(target, result, record, pruned, copy, remote_pruned)
+
+
+def copy_offsite(
+    settings: Settings,
+    target: str,
+    path: Path,
+    report: Report = print,
+    remote: offsite.Remote | None = None,
+) -> offsite.OffsiteCopy:
+    """The off-site copy of a verified backup, its result recorded for Prometheus
+    (offsite_<target>.prom: OffsiteCopyFailed alerts on a failed one)."""
+    started = time.monotonic()
+    try:
+        copy = offsite.upload(settings, target, path, report=report, remote_=remote)
+    except BackupError as exc:
+        with contextlib.suppress(OSError):  # the failure itself is what the operator must see
+            records.record_offsite(settings, target, time.time(), time.monotonic() - started, False)
+        raise BackupError(f"backup {path} is written and verified, but {exc}") from None
+    try:
+        records.record_offsite(settings, target, time.time(), time.monotonic() - started, True)
+    except OSError as exc:
+        raise BackupError(
+            f"backup {path} is written, verified and copied to {copy.url}, but the copy's record "
+            f"cannot be written to {records.offsite_path_of(settings, target)} ({exc.strerror})"
+            f", and nothing was pruned. Fix the permissions of {records.directory(settings)}."
+        ) from None
+    return copy

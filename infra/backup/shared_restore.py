@@ -4,11 +4,14 @@ metadata, and Grafana's and n8n's data directories.
 Everything is checked before anything changes: the backup (manifest, sizes, sha256), --yes,
 the services it needs, and that the data directories are on this machine. Then the shared
 stack's current data is saved as a backup of its own (<time>-before-restore), and:
-- each object is written back through SeaweedFS's filer inside its container (a
-  multipart/form-data POST, whose part carries the content type), with its extended
-  attributes (S3 user metadata, X-Amz-Meta-*) as the request's headers, then read back from
-  the filer's listing: MD5, content type and metadata must equal the backup's. Objects that
-  are in the store but not in the backup stay;
+- each object is written back through SeaweedFS's own S3 API inside its container, as an S3
+  POST upload (a multipart/form-data form signed with the platform's S3 keys, the way a
+  browser upload form is): its content type, user metadata (X-Amz-Meta-*) and plain HTTP
+  headers travel as the form's fields, so the S3 API stores them exactly as it stored the
+  original PUT. The filer's own upload keeps none of the user metadata, which is why the S3
+  API is used. Then everything is read back from the filer's listing: MD5, content type and
+  metadata must equal the backup's. Objects that are in the store but not in the backup stay;
+  a bucket that is gone is made again first (`s3.bucket.create` in `weed shell`);
 - Grafana and n8n are stopped (scaled to 0: both keep SQLite databases open), their data
   directories moved aside to DATA_ROOT/shared/<service>.before-restore-<time>/, the backup's
   files put in their place with the modes and owners the backup recorded, and the services
@@ -21,27 +24,34 @@ import base64
 import binascii
 import hashlib
 import os
-import secrets
+import re
 import shutil
 import tempfile
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from secrets import token_hex
 
 import docker
 from docker.errors import NotFound
 
-from infra import converge
+from infra import converge, secrets
 from infra.backup.containers import _check, _ContainerDir, _long_client, running_container
 from infra.backup.manifest import BackupError, Report, stamp, validate
 from infra.backup.restore import _wait_no_containers, scale
-from infra.backup.shared import BUCKETS, DATA_PARTS, FILER, _walk, backup_shared
+from infra.backup.shared import BUCKETS, DATA_PARTS, _filer_list, _is_dir, _walk, backup_shared
 from infra.catalog import SHARED
 from infra.settings import Settings
 
-# Extended attributes the filer takes back from request headers, as it stored them from the
-# S3 request: user metadata (X-Amz-Meta-*), its own pairs, and three plain HTTP headers.
-_HEADER_PREFIXES = ("X-Amz-Meta-", "Seaweed-", "Cache-Control", "Expires", "Content-Disposition")
+# The object's metadata a restore puts back, by its name among the filer's extended
+# attributes: user metadata (X-Amz-Meta-*) and three plain HTTP headers, each an S3 POST form
+# field. The store's own attributes (Seaweed-X-Amz-ETag, -Owner, checksums) it makes anew.
+_USER_METADATA = "X-Amz-Meta-"
+_HTTP_FIELDS = ("Cache-Control", "Content-Disposition", "Expires")
+S3_API = "http://127.0.0.1:8333"  # SeaweedFS's S3 API, inside its own container (-s3.port)
+_POST_EXPIRES = 900  # seconds a signed upload form stays valid
+_CREATE_BUCKET = 'echo "s3.bucket.create -name $1" | weed shell'  # the name is an argument
+# S3's bucket naming rules: what a backup names must be one before it reaches a shell.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 @dataclass
@@ -73,16 +83,8 @@ def restore_shared(
 ) -> SharedRestoreResult:
     """Replace the shared stack's objects and Grafana's and n8n's data with a backup."""
     source = source.expanduser().resolve()
-    manifest = validate(source, "shared", settings.backups)
-    refuse_without_yes(yes, source)
-    buckets = (manifest.get("s3") or {}).get("buckets") or {}
-    parts = {
-        part: data for part, data in (manifest.get("data") or {}).items() if part in DATA_PARTS
-    }
-    for name, bucket in buckets.items():
-        for key in bucket["objects"]:
-            _object_path(name, key)  # a damaged manifest stops here, before anything changes
-
+    buckets, parts = check_backup(settings, source, yes)
+    keys = _s3_keys(settings) if buckets else None
     client = _long_client(settings, client)
     store = running_container(client, f"{SHARED}_seaweedfs") if buckets else None
     for part, data in parts.items():
@@ -100,7 +102,7 @@ def restore_shared(
     result = SharedRestoreResult(source=source, safety_backup=safety.path)
 
     if buckets:
-        result.objects = restore_objects(client, store, source, buckets, report)
+        result.objects = restore_objects(client, store, source, buckets, keys, report)
         result.buckets = len(buckets)
     for part, data in parts.items():
         moved = restore_directory(settings, client, part, source, data, report, timeout)
@@ -112,6 +114,24 @@ def restore_shared(
 
 
 # --- checks ------------------------------------------------------------------------------
+
+
+def check_backup(settings: Settings, source: Path, yes: bool) -> tuple[dict, dict]:
+    """Everything about the backup itself, before the engine is asked: complete and readable,
+    --yes given, every bucket and object name one the store can take. Returns its buckets and
+    the data directories it holds."""
+    manifest = validate(source, "shared", settings.backups)
+    refuse_without_yes(yes, source)
+    buckets = (manifest.get("s3") or {}).get("buckets") or {}
+    parts = {
+        part: data for part, data in (manifest.get("data") or {}).items() if part in DATA_PARTS
+    }
+    for name, bucket in buckets.items():
+        if not _BUCKET_NAME.match(name):
+            raise BackupError(f"the backup names a bucket {name!r} that cannot be restored.")
+        for key in bucket["objects"]:
+            _object_path(name, key)  # a damaged manifest stops here, before anything changes
+    return buckets, parts
 
 
 def _object_path(bucket: str, key: str) -> str:
@@ -159,16 +179,20 @@ def _decoded(value: str) -> str:
         return value
 
 
-def _headers(entry: dict) -> list[str]:
-    """The object's metadata as request headers (its content type travels in the body)."""
-    headers = []
+def _is_restored(name: str) -> bool:
+    return name.startswith(_USER_METADATA) or name in _HTTP_FIELDS
+
+
+def form_fields(entry: dict) -> dict[str, str]:
+    """The object's content type and metadata as the S3 POST form's fields."""
+    fields = {"Content-Type": entry["mime"]} if entry.get("mime") else {}
     for name, value in sorted((entry.get("extended") or {}).items()):
-        if name.startswith(_HEADER_PREFIXES):
+        if _is_restored(name):
             text = _decoded(value)
             if "\n" in text or "\r" in text:
                 raise BackupError(f"metadata {name} holds a line break and cannot be restored.")
-            headers.append(f"{name}: {text}")
-    return headers
+            fields[name.lower() if name.startswith(_USER_METADATA) else name] = text
+    return fields
 
 
 def _md5(path: Path) -> str:
@@ -185,22 +209,47 @@ def _exec_as_root(client, container, cmd: list[str]) -> tuple[int, bytes, bytes]
     return client.api.exec_inspect(exec_id)["ExitCode"], stdout or b"", stderr or b""
 
 
-def multipart_body(source: Path, mime: str, destination: Path) -> str:
-    """The object as the one part of a multipart/form-data body, in `destination`; returns
-    the request's Content-Type.
+def _s3_keys(settings: Settings) -> tuple[str, str]:
+    values = secrets.load(settings)
+    return values["s3_access_key"], values["s3_secret_key"]
 
-    The filer takes the part's Content-Type as the object's (it refuses a plain POST body,
-    and busybox's wget, the one HTTP client in the image, cannot PUT). wget sends its
-    --post-file as a C string, cut at the first NUL byte, so the part is quoted-printable
-    (no NUL, no line break but soft ones), which Go's multipart reader decodes on the way
-    in. No file name: the object's path is the request's URL."""
+
+def _signer(keys: tuple[str, str]):
+    """An S3 client for the store's API as seen inside its container; it only signs forms
+    here (no request leaves this process)."""
+    import boto3  # noqa: PLC0415 - only a restore pays for the import
+    from botocore.config import Config  # noqa: PLC0415
+
+    return boto3.client(
+        "s3",
+        endpoint_url=S3_API,
+        aws_access_key_id=keys[0],
+        aws_secret_access_key=keys[1],
+        region_name="us-east-1",  # SeaweedFS checks the signature, not the region
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+    )
+
+
+def upload_form(signed: dict, source: Path, destination: Path) -> tuple[str, str]:
+    """The S3 POST upload of `source` as a multipart/form-data body in `destination`: the
+    signed form's fields, then the file. Returns (the request's Content-Type, its URL).
+
+    busybox's wget, the one HTTP client in the image, sends its --post-file as a C string,
+    cut at the first NUL byte, so the file part is quoted-printable (no NUL, no line break
+    but soft ones), which Go's multipart reader decodes on the way in."""
     while True:
-        boundary = f"nextcandle-{secrets.token_hex(16)}"
+        boundary = f"nextcandle-{token_hex(16)}"
         marker, clash = boundary.encode(), False
         with source.open("rb") as data, destination.open("wb") as body:
+            for name, value in signed["fields"].items():
+                clash = clash or marker in value.encode()
+                body.write(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                    f"{value}\r\n".encode()
+                )
             body.write(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n'
-                f"Content-Type: {mime or 'application/octet-stream'}\r\n"
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                'filename="object"\r\nContent-Type: application/octet-stream\r\n'
                 "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode()
             )
             first = True
@@ -211,32 +260,54 @@ def multipart_body(source: Path, mime: str, destination: Path) -> str:
                 first = False
             body.write(f"\r\n--{boundary}--\r\n".encode())
         if not clash:
-            return f"multipart/form-data; boundary={boundary}"
+            return f"multipart/form-data; boundary={boundary}", signed["url"]
 
 
-def restore_objects(client, store, source: Path, buckets: dict, report: Report) -> int:
-    """Write every object of the backup through the filer, then compare the store's listing
-    (MD5, content type, metadata) with the backup's."""
+def _ensure_buckets(client, store, buckets: dict) -> None:
+    """Make each bucket of the backup that the store no longer has, with the store's own
+    shell (an S3 CreateBucket is a PUT, which busybox's wget cannot send)."""
+    present = {
+        entry["FullPath"].rsplit("/", 1)[-1]
+        for entry in _filer_list(client, store, BUCKETS)
+        if _is_dir(entry)
+    }
+    for bucket in sorted(set(buckets) - present):
+        _check(
+            _exec_as_root(client, store, ["sh", "-c", _CREATE_BUCKET, "sh", bucket]),
+            f"making bucket {bucket} in the object store",
+        )
+
+
+def restore_objects(
+    client, store, source: Path, buckets: dict, keys: tuple[str, str], report: Report
+) -> int:
+    """Write every object of the backup through the store's S3 API, then compare the store's
+    listing (MD5, content type, metadata) with the backup's."""
     count = 0
+    signer = _signer(keys)
+    _ensure_buckets(client, store, buckets)
     with _ContainerDir(client, store) as workdir, tempfile.TemporaryDirectory() as scratch:
         body = Path(scratch) / "object"
         for bucket, info in sorted(buckets.items()):
             for key, entry in sorted(info["objects"].items()):
-                content_type = multipart_body(source / entry["file"], entry.get("mime", ""), body)
+                _object_path(bucket, key)
+                fields = form_fields(entry)
+                signed = signer.generate_presigned_post(
+                    bucket,
+                    key,
+                    Fields=fields,
+                    Conditions=[{name: value} for name, value in fields.items()],
+                    ExpiresIn=_POST_EXPIRES,
+                )
+                content_type, url = upload_form(signed, source / entry["file"], body)
                 inside = workdir.put(body, "object")
-                command = [
-                    "wget",
-                    "-q",
-                    "-O",
-                    "/dev/null",
-                    "--header",
-                    f"Content-Type: {content_type}",
-                ]
-                for header in _headers(entry):
-                    command += ["--header", header]
-                url = FILER + urllib.parse.quote(_object_path(bucket, key))
+                command = ["wget", "-q", "-O", "/dev/null", "--header"]
                 _check(
-                    _exec_as_root(client, store, [*command, "--post-file", inside, url]),
+                    _exec_as_root(
+                        client,
+                        store,
+                        [*command, f"Content-Type: {content_type}", "--post-file", inside, url],
+                    ),
                     f"writing object {bucket}/{key} back into the object store",
                 )
                 body.unlink()
@@ -266,12 +337,12 @@ def _compare(bucket: str, key: str, backed_up: dict, stored: dict | None, source
     wanted = {
         name: _decoded(value)
         for name, value in (backed_up.get("extended") or {}).items()
-        if name.startswith(_HEADER_PREFIXES)
+        if _is_restored(name)
     }
     got = {
         name: _decoded(value)
         for name, value in (stored.get("Extended") or {}).items()
-        if name.startswith(_HEADER_PREFIXES)
+        if _is_restored(name)
     }
     if got != wanted:
         differ = sorted(name for name in {*got, *wanted} if got.get(name) != wanted.get(name))

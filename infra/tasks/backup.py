@@ -23,6 +23,12 @@ def _print_run(result) -> None:
             f"retention (BACKUP_KEEP={result.pruned.plan.keep_policy}): "
             f"{len(result.pruned.removed)} pruned, {kept} kept"
         )
+    if result.offsite_pruned is not None:
+        remote = result.offsite_pruned
+        print(
+            f"off-site retention: {len(remote.removed)} pruned, {len(remote.plan.kept)} kept "
+            f"in {remote.url}"
+        )
 
 
 @task(help={"name": HELP["name"], "keep_all": HELP["keep_all"]}, auto_shortflags=False)
@@ -249,5 +255,5 @@ def upload(c, name="", from_=""):
         raise backup.BackupError(
             f"no backup given. Add --from=PATH (a directory under {config.backups / name})."
         )
-    copy = backup.upload(config, name, Path(from_).expanduser().resolve())
+    copy = backup.copy_offsite(config, name, Path(from_).expanduser().resolve())
     print(f"off-site copy: {copy.url}")

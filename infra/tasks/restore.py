@@ -81,12 +81,10 @@ def shared(c, from_="", yes=False, lock_wait="0", message=""):
         raise backup.BackupError(
             f"no backup given. Add --from=PATH (a directory under {config.backups / 'shared'})."
         )
-    from infra.backup.shared_restore import refuse_without_yes
+    from infra.backup.shared_restore import check_backup
 
     # A wrong path or no --yes is one line before the deploy lock is taken (checked again).
-    source = Path(from_).expanduser().resolve()
-    backup.validate(source, "shared", config.backups)
-    refuse_without_yes(yes, source)
+    check_backup(config, Path(from_).expanduser().resolve(), yes)
     with locked(config, "restore", "shared", "restore.shared", lock_wait, message):
         result = backup.restore_shared(config, Path(from_), yes=yes)
     parts = [f"{result.objects} objects in {result.buckets} buckets"]

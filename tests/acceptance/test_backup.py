@@ -334,6 +334,24 @@ def test_restore_into_prod_without_yes_refuses(platform, round_trip):
 # longer the newest of its day).
 
 
+def retention_fakes() -> tuple[dict[str, bool], str]:
+    """Backup names around now, each with whether BACKUP_KEEP=7d,4w,6m prunes it, and the
+    one to leave without its manifest."""
+    now = datetime.now(UTC)
+    yesterday = (now - timedelta(days=1)).strftime("%Y%m%d")
+    long_ago = f"{now.year - 3}0115"
+    two_months_ago = (now - timedelta(days=65)).strftime("%Y%m%d")
+    fakes = {
+        f"{yesterday}T010000Z": True,  # yesterday, not its newest
+        f"{yesterday}T020000Z": False,  # yesterday's newest
+        f"{two_months_ago}T030000Z": False,  # the newest of its month, 2 or 3 months back
+        f"{long_ago}T030000Z": True,  # three years back
+        f"{long_ago}T030000Z-before-restore": False,  # never pruned
+        f"{long_ago}T040000Z": False,  # no manifest: not a verified backup, left alone
+    }
+    return fakes, f"{long_ago}T040000Z"
+
+
 def _fake_backup(source: Path, folder: Path, name: str, verified: bool = True) -> Path:
     """A copy of a real backup under another (older) name; without its manifest when told."""
     copy = folder / name
@@ -348,21 +366,9 @@ def test_backup_env_records_its_run_and_prunes_what_backup_keep_no_longer_keeps(
 ):
     folder = backup_root(platform) / "prod"
     source = round_trip["source"]
-    now = datetime.now(UTC)
-    yesterday = (now - timedelta(days=1)).strftime("%Y%m%d")
-    long_ago = f"{now.year - 3}0115"
-    two_months_ago = (now - timedelta(days=65)).strftime("%Y%m%d")
-    fakes = {
-        # name: pruned by BACKUP_KEEP=7d,4w,6m?
-        f"{yesterday}T010000Z": True,  # yesterday, not its newest
-        f"{yesterday}T020000Z": False,  # yesterday's newest
-        f"{two_months_ago}T030000Z": False,  # the newest of its month, 2 or 3 months back
-        f"{long_ago}T030000Z": True,  # three years back
-        f"{long_ago}T030000Z-before-restore": False,  # never pruned
-        f"{long_ago}T040000Z": False,  # no manifest: not a verified backup, left alone
-    }
+    fakes, unverified = retention_fakes()
     for name in fakes:
-        _fake_backup(source, folder, name, verified=name != f"{long_ago}T040000Z")
+        _fake_backup(source, folder, name, verified=name != unverified)
     before = {p.name for p in folder.iterdir()}
 
     started = time.time()

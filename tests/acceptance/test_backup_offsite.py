@@ -40,8 +40,15 @@ import yaml
 from botocore.client import Config
 
 from infra import secrets
+from infra.backup import records
 from tests.acceptance.dind import LABEL
-from tests.acceptance.test_backup import PROD_KEYS, _seed_prod, redis_state, table_state
+from tests.acceptance.test_backup import (
+    PROD_KEYS,
+    _seed_prod,
+    redis_state,
+    retention_fakes,
+    table_state,
+)
 
 REMOTE_S3_PORT = 8333
 REGION = "eu-central-1"
@@ -278,6 +285,9 @@ def test_a_copy_that_cannot_be_made_fails_and_keeps_the_local_backup(
     (kept,) = sorted((tmp_path / "backups" / "prod").iterdir())
     assert str(kept) in line
     assert (kept / "manifest.json").is_file() and (kept / "postgres.dump").is_file()
+    record = records.read_offsite(platform.settings, "prod")  # OffsiteCopyFailed reads it
+    assert record is not None and not record.success
+    assert record.last_success is not None  # the round trip's copy, kept from before
 
 
 def test_an_unreachable_bucket_fails_in_one_line(platform, remote, offsite_round_trip, tmp_path):
@@ -338,6 +348,38 @@ def test_a_missing_remote_copy_is_one_line(platform, remote, offsite_round_trip,
     _one_line(result, "holds no backup")
 
 
+def test_the_bucket_keeps_what_backup_keep_keeps(platform, remote, offsite_round_trip, tmp_path):
+    """Last of the off-site tests: the run below prunes the round trip's copy (no longer the
+    newest of its day) from the bucket."""
+    s3 = remote.client()
+    fakes, unverified = retention_fakes()  # an upload cut short has no manifest
+    for name in fakes:
+        for file, content in offsite_round_trip["local_files"].items():
+            if file != "manifest.json" or name != unverified:
+                s3.put_object(Bucket=remote.bucket, Key=f"prod/{name}/{file}", Body=content)
+    before = {key.split("/")[0] for key in _objects(remote, "prod/")}
+
+    result = platform.invoke("backup.env", "--name=prod", **remote.settings(tmp_path / "b"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (new,) = sorted((tmp_path / "b" / "prod").iterdir())
+    round_trip = offsite_round_trip["name"]
+    # The round trip's copy is pruned too, unless midnight (UTC) passed between the two.
+    round_trip_pruned = round_trip[:8] == new.name[:8]
+    expected = {name for name, pruned in fakes.items() if pruned}
+    expected |= {round_trip} if round_trip_pruned else set()
+    lines = [line for line in result.stdout.splitlines() if line.startswith("pruned off-site")]
+    assert sorted(lines) == sorted(
+        f"pruned off-site copy s3://{remote.bucket}/prod/{name}/" for name in expected
+    )
+    after = {key.split("/")[0] for key in _objects(remote, "prod/")}
+    assert after == (before | {new.name}) - expected
+    assert records.read_offsite(platform.settings, "prod").success
+    kept = _objects(remote, f"prod/{new.name}/")
+    assert {name: _sha256(data) for name, data in kept.items() if name != "manifest.json"} == {
+        name: _sha256((new / name).read_bytes()) for name in kept if name != "manifest.json"
+    }
+
+
 # --- restore.shared ----------------------------------------------------------------------
 
 OBJECTS = {
@@ -362,16 +404,6 @@ def _object_state(s3, bucket: str) -> dict[str, tuple[str, str, dict[str, str]]]
 def _tables(path: Path) -> set[str]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
-# A known defect, kept visible: in the one round trip run so far, restore.shared stopped at
-# a zero-byte object that the filer stored with other metadata than the backup's ("has other
-# metadata than the backup after it was written"). Strict: once the round trip passes, these
-# report XPASS as a failure and the marker must go.
-RESTORE_SHARED_DEFECT = pytest.mark.xfail(
-    strict=True,
-    reason="restore.shared: a zero-byte object comes back with other metadata (issue 12 open)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -440,7 +472,6 @@ def shared_round_trip(platform, tmp_path_factory):
     (n8n_data / PROBE).unlink(missing_ok=True)
 
 
-@RESTORE_SHARED_DEFECT
 def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_trip):
     _one_line(shared_round_trip["refused"], "--yes")
     objects, backups = shared_round_trip["after_refusal"]
@@ -448,14 +479,19 @@ def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_tri
     assert backups == [shared_round_trip["source"]]  # not even a before-restore backup
 
 
-@RESTORE_SHARED_DEFECT
 def test_every_object_is_back_with_its_bytes_type_and_metadata(platform, shared_round_trip):
     state = _object_state(platform.s3(), shared_round_trip["bucket"])
     assert state == shared_round_trip["before"]
-    assert state["reports/2026/summary.csv"][1:] == ("text/csv", {"owner": "alice", "run": "42"})
+    # What the fixture put is there (S3 metadata names are case-insensitive; HTTP proxies
+    # such as Traefik may send them capitalised).
+    content_type, metadata = state["reports/2026/summary.csv"][1:]
+    assert content_type == "text/csv"
+    assert {name.lower(): value for name, value in metadata.items()} == {
+        "owner": "alice",
+        "run": "42",
+    }
 
 
-@RESTORE_SHARED_DEFECT
 def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
     root = shared_round_trip["root"]
     saved = [p for p in (root / "shared").iterdir() if p.name.endswith("-before-restore")]
@@ -468,7 +504,6 @@ def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
     assert (saved[0] / "s3" / bucket / "reports/2026/summary.csv").read_bytes() == b"changed"
 
 
-@RESTORE_SHARED_DEFECT
 def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
     data = platform.settings.data_root / "shared" / "n8n"
@@ -491,7 +526,6 @@ def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_tr
     )
 
 
-@RESTORE_SHARED_DEFECT
 def test_n8ns_database_is_back_and_n8n_runs_on_it(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
     source = shared_round_trip["source"]
@@ -511,7 +545,6 @@ def test_n8ns_database_is_back_and_n8n_runs_on_it(platform, shared_round_trip):
     assert isinstance(response, requests.Response)
 
 
-@RESTORE_SHARED_DEFECT
 def test_grafanas_data_is_back(platform, shared_round_trip):
     platform.require("GRAFANA_IMAGE")
     source = shared_round_trip["source"]

@@ -14,6 +14,7 @@ import yaml
 
 from infra import converge, deploy, engine
 from infra.errors import ConvergeError
+from infra.operations.diff import format_diff, live_diff
 from infra.settings import REPO_ROOT
 
 
@@ -44,8 +45,11 @@ def test_redeploy_with_nothing_changed_updates_no_service(dev):
 def test_redeploy_of_shared_with_nothing_changed_updates_no_service(dev):
     dev.deploy("shared")
     before = _versions(dev, "shared")
+    # What `invoke deploy.shared --diff` would say now: on a failure, which field differs
+    # (a changed definition) or nothing (a service restarted because Swarm gave up on it).
+    diff = format_diff(live_diff(dev.settings, "shared", tunnel=False, client=dev.client))
     lines = dev.apply("shared")
-    assert _versions(dev, "shared") == before, lines
+    assert _versions(dev, "shared") == before, [*lines, *diff]
     assert "shared: up to date, 0 services changed" in lines
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import stat
+import uuid
 
 import pytest
+import redis
 
 from infra import converge, engine
-from infra.catalog import DATA_TARGETS, data_label
+from infra.catalog import DATA_TARGETS, ENVIRONMENTS, data_label
 from infra.swarm import companion, placement
+from tests.acceptance.test_backup import _connect
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +310,10 @@ def test_a_lost_worker_leaves_every_service_running_on_the_other_nodes(dev):
     lost = workers[0]
     name = placement.hostname(lost)
     index = _index_of(dev, lost.id)
+    dev.require("SEAWEEDFS_IMAGE")
+    dev.deploy("shared")  # its object store too (node-exporter's module deployed it already)
     stacks = sorted(engine.deployed_stacks(dev.client) & {"core", *DATA_TARGETS})
+    written = _write_data(dev)
     dev.swarm.stop_node(index)
     try:
 
@@ -342,3 +348,38 @@ def test_a_lost_worker_leaves_every_service_running_on_the_other_nodes(dev):
         return True
 
     dev.wait_for(back, timeout=180, interval=2, what=f"{name} back and every stack converged")
+    assert _read_data(dev, written) == written  # no row, key or object lost
+
+
+def _write_data(platform) -> dict[str, str]:
+    """A row in dev's Postgres, a key in its Redis and an object in the store, each holding
+    a new token."""
+    token = uuid.uuid4().hex
+    with _connect(platform, "dev") as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS node_loss (token text PRIMARY KEY)")
+        conn.execute("INSERT INTO node_loss VALUES (%s)", (token,))
+    _redis(platform).set(f"node-loss:{token}", token)
+    s3 = platform.s3()
+    bucket = f"node-loss-{token[:8]}"
+    platform.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
+    s3.put_object(Bucket=bucket, Key="token", Body=token.encode())
+    return {"row": token, "key": token, "object": token, "bucket": bucket}
+
+
+def _read_data(platform, written: dict[str, str]) -> dict[str, str]:
+    token = written["row"]
+    with _connect(platform, "dev") as conn:
+        row = conn.execute("SELECT token FROM node_loss WHERE token = %s", (token,)).fetchone()
+    body = platform.s3().get_object(Bucket=written["bucket"], Key="token")["Body"].read()
+    return {
+        "row": row[0] if row else "",
+        "key": (_redis(platform).get(f"node-loss:{token}") or b"").decode(),
+        "object": body.decode(),
+        "bucket": written["bucket"],
+    }
+
+
+def _redis(platform) -> redis.Redis:
+    password = platform.secrets()["dev_redis_password"]
+    port = platform.port(ENVIRONMENTS["dev"].redis_port)
+    return redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=10)

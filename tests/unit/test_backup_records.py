@@ -152,6 +152,28 @@ def test_a_first_failure_records_no_success(settings):
     assert "last_success" not in text and 'nextcandle_backup_last_result{env="dev"} 0' in text
 
 
+def test_an_offsite_copy_has_its_own_record_that_keeps_its_last_success(
+    settings, promtool_check_metrics
+):
+    records.record_offsite(settings, "shared", FINISHED, 2.0, True)
+    records.record_offsite(settings, "shared", FINISHED + 86_400, 9.0, False)
+    path = records.offsite_path_of(settings, "shared")
+    assert path.name == "offsite_shared.prom" and path.parent == records.directory(settings)
+    text = path.read_text()
+    assert samples(text) == {
+        "nextcandle_offsite_last_success_timestamp_seconds": str(int(FINISHED)),
+        "nextcandle_offsite_last_run_timestamp_seconds": str(int(FINISHED + 86_400)),
+        "nextcandle_offsite_last_duration_seconds": "9",
+        "nextcandle_offsite_last_result": "0",
+    }
+    result = promtool_check_metrics(text)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result
+    assert records.read_offsite(settings, "shared") == Record(
+        "shared", FINISHED + 86_400, 9.0, False, last_success=FINISHED
+    )
+    assert records.read(settings, "shared") is None  # the backup's own record is apart
+
+
 # --- the backup exporter reads the directory, the deploy creates it -------------------------
 
 

@@ -166,12 +166,34 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def test_an_objects_type_and_user_metadata_become_the_filers_headers():
+def test_an_objects_type_and_metadata_become_the_upload_forms_fields():
     entry = {
         "mime": "text/csv",
-        "extended": {"X-Amz-Meta-Owner": _b64("alice"), "X-Amz-Meta-Run": _b64("42")},
+        "extended": {
+            "X-Amz-Meta-Owner": _b64("alice"),
+            "X-Amz-Meta-Run": _b64("42"),
+            "Cache-Control": _b64("max-age=60"),
+            # The store's own attributes: it makes them anew from the upload.
+            "Seaweed-X-Amz-ETag": _b64("d41d8cd98f00b204e9800998ecf8427e"),
+            "x-seaweedfs-checksum-value": _b64("AAAAAA=="),
+        },
     }
-    assert shared_restore._headers(entry) == ["X-Amz-Meta-Owner: alice", "X-Amz-Meta-Run: 42"]
+    assert shared_restore.form_fields(entry) == {
+        "Content-Type": "text/csv",
+        "Cache-Control": "max-age=60",
+        "x-amz-meta-owner": "alice",
+        "x-amz-meta-run": "42",
+    }
+
+
+def test_an_object_without_a_type_leaves_it_to_the_store():
+    assert shared_restore.form_fields({"mime": "", "extended": {}}) == {}
+
+
+SIGNED = {
+    "url": "http://127.0.0.1:8333/bucket",
+    "fields": {"Content-Type": "text/csv", "key": "a/b.csv", "policy": "cG9saWN5", "x": "y"},
+}
 
 
 @pytest.mark.parametrize(
@@ -184,34 +206,30 @@ def test_an_objects_type_and_user_metadata_become_the_filers_headers():
     ],
     ids=["text", "binary", "whitespace", "empty"],
 )
-def test_an_object_travels_as_the_one_part_of_a_multipart_body(tmp_path, content):
-    """Parsed back as the filer parses it (email's MIME parser standing in for Go's)."""
+def test_an_object_travels_as_the_file_of_a_signed_upload_form(tmp_path, content):
+    """Parsed back as the store parses it (email's MIME parser standing in for Go's)."""
     source = tmp_path / "object"
     source.write_bytes(content)
     body = tmp_path / "body"
-    content_type = shared_restore.multipart_body(source, "text/csv", body)
+    content_type, url = shared_restore.upload_form(SIGNED, source, body)
+    assert url == SIGNED["url"]
     message = email.message_from_bytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + body.read_bytes(),
         policy=email.policy.HTTP,
     )
-    (part,) = message.iter_parts()
-    assert part.get_content_type() == "text/csv"
-    assert part.get_payload(decode=True) == content
-    assert part.get_filename() is None  # the URL names the object
+    *fields, file = message.iter_parts()
+    assert {
+        part.get_param("name", header="content-disposition"): part.get_content() for part in fields
+    } == SIGNED["fields"]
+    assert file.get_param("name", header="content-disposition") == "file"  # last, as S3 wants
+    assert file.get_payload(decode=True) == content
     assert b"\x00" not in body.read_bytes()  # busybox's wget stops at a NUL
-
-
-def test_an_object_without_a_type_is_sent_as_bytes(tmp_path):
-    source = tmp_path / "object"
-    source.write_bytes(b"")
-    shared_restore.multipart_body(source, "", tmp_path / "body")
-    assert b"Content-Type: application/octet-stream\r\n" in (tmp_path / "body").read_bytes()
 
 
 def test_metadata_with_a_line_break_is_refused():
     entry = {"mime": "text/plain", "extended": {"X-Amz-Meta-X": _b64("a\r\nInjected: 1")}}
     with pytest.raises(BackupError, match="line break"):
-        shared_restore._headers(entry)
+        shared_restore.form_fields(entry)
 
 
 # --- the CLI -----------------------------------------------------------------------------
@@ -316,3 +334,12 @@ def test_an_object_missing_after_it_was_written_is_refused(object_file):
     source, entry = object_file
     with pytest.raises(BackupError, match="not in the store"):
         shared_restore._compare("files", "a.csv", entry, None, source)
+
+
+def test_cli_restore_shared_of_a_bucket_s3_cannot_name_is_one_line(operator_env, tmp_path):
+    directory = _shared_backup(tmp_path / "b")
+    manifest = json.loads((directory / backup.MANIFEST).read_text())
+    manifest["s3"]["buckets"] = {"Files;reboot": manifest["s3"]["buckets"]["files"]}
+    (directory / backup.MANIFEST).write_text(json.dumps(manifest))
+    line = one_line_error(run(["restore.shared", f"--from={directory}", "--yes"], operator_env))
+    assert "bucket 'Files;reboot' that cannot be restored" in line
