@@ -228,9 +228,9 @@ def render_stack(files: Sequence[str], variables: Mapping[str, str]) -> dict:
     return load_yaml(result.stdout)
 
 
-def running_container(client: docker.DockerClient, service: str) -> str:
-    """The id of `service`'s running container, which must be on this engine's node (exec
-    reaches only the engine it talks to)."""
+def running_task(client: docker.DockerClient, service: str) -> tuple[str, str]:
+    """(the container id of `service`'s running task when it is on this engine's node, else
+    ""; the node it runs on)."""
     try:
         tasks = client.services.get(service).tasks(filters={"desired-state": "running"})
     except NotFound:
@@ -245,8 +245,18 @@ def running_container(client: docker.DockerClient, service: str) -> str:
     here = client.info().get("Swarm", {}).get("NodeID")
     for task in running:
         if task.get("NodeID") == here:
-            return task["Status"]["ContainerStatus"]["ContainerID"]
-    node = client.nodes.get(running[0]["NodeID"]).attrs["Description"]["Hostname"]
+            return task["Status"]["ContainerStatus"]["ContainerID"], here
+    return "", running[0]["NodeID"]
+
+
+def running_container(client: docker.DockerClient, service: str) -> str:
+    """The id of `service`'s running container, which must be on this engine's node (exec
+    reaches only the engine it talks to). Data operations use swarm.companion.reach, which
+    also reaches a task on another node."""
+    container, node_id = running_task(client, service)
+    if container:
+        return container
+    node = client.nodes.get(node_id).attrs["Description"]["Hostname"]
     raise EngineError(
         f"service {service} runs on node {node}, not on the engine at DOCKER_HOST. "
         f"Point DOCKER_HOST at {node}'s engine (a manager) and retry."

@@ -57,6 +57,7 @@ inside the container, the credentials on node's stdin.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -73,6 +74,7 @@ from infra.catalog import CORE, DEPLOY_ALL, ENVIRONMENTS, SHARED
 from infra.errors import EngineError, SecretsError, SettingsError
 from infra.plan import stack_files
 from infra.settings import Settings
+from infra.swarm import companion
 
 Report = Callable[[str], None]
 
@@ -346,27 +348,58 @@ def _quote_identifier(name: str) -> str:
 
 
 # The shell reads the password from the first line of stdin into psql's environment; the rest
-# of stdin is the SQL. Over TCP, as the health check: the server listens there once it is ready.
+# of stdin is the SQL. Over TCP, as the health check: the server listens there once it is ready
+# ($3: 127.0.0.1 in its own task, tasks.<service> from a companion).
 _PSQL = (
     "IFS= read -r PGPASSWORD && export PGPASSWORD && "
-    'exec psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 5432 -U "$1" -d "$2"'
+    'exec psql -X -q -At -v ON_ERROR_STOP=1 -h "$3" -p 5432 -U "$1" -d "$2"'
 )
 
 
 @dataclass
 class Services:
-    """The running services a rotation talks to, through `docker exec` with stdin."""
+    """The running services a rotation talks to, through `docker exec` with stdin: in their
+    own task's container when it runs on this engine's node, else in a companion here that
+    reaches them over the overlay network (swarm/companion.py), one per service, kept until
+    close()."""
 
     client: docker.DockerClient
+    _reached: dict = field(default_factory=dict)
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
-    def _exec(self, service: str, command: list[str], stdin: str) -> tuple[int, str, str]:
-        container = engine.running_container(self.client, service)
+    def reach(self, service: str) -> companion.Reach:
+        found = self._reached.get(service)
+        if found is not None:
+            return found
+        container_id, _ = engine.running_task(self.client, service)
+        if container_id:
+            # Looked up each time: a redeploy replaces the task.
+            return companion.Reach(service, self.client.containers.get(container_id))
+        found = self._stack.enter_context(companion.reach(self.client, service))
+        self._reached[service] = found
+        return found
+
+    def close(self) -> None:
+        self._reached.clear()
+        self._stack.close()
+
+    def _exec(
+        self, service: str, command: list[str], stdin: str, reached=None
+    ) -> tuple[int, str, str]:
+        # Grafana's and n8n's checks read their own files and loopback ports: their task
+        # must be on this engine's node (engine.running_container refuses otherwise).
+        container = reached.id if reached else engine.running_container(self.client, service)
         return engine.exec_with_stdin(self.client, container, command, stdin.encode())
 
     def postgres(self, env: str, values: Mapping[str, str], password: str, sql: str):
         user, db = values[f"{env}_postgres_user"], values[f"{env}_postgres_db"]
+        reached = self.reach(f"{env}_postgres")
+        host = reached.host or "127.0.0.1"
         return self._exec(
-            f"{env}_postgres", ["sh", "-c", _PSQL, "rotate", user, db], f"{password}\n{sql}\n"
+            f"{env}_postgres",
+            ["sh", "-c", _PSQL, "rotate", user, db, host],
+            f"{password}\n{sql}\n",
+            reached,
         )
 
     def postgres_accepts(self, env: str, values: Mapping[str, str], password: str) -> bool:
@@ -379,7 +412,13 @@ class Services:
 
     def redis_accepts(self, env: str, password: str) -> bool:
         # redis-cli reads commands from stdin when it is not a terminal (and keeps no history).
-        code, out, err = self._exec(f"{env}_redis", ["redis-cli"], f"AUTH {password}\nPING\n")
+        reached = self.reach(f"{env}_redis")
+        code, out, err = self._exec(
+            f"{env}_redis",
+            ["redis-cli", *reached.redis_args()],
+            f"AUTH {password}\nPING\n",
+            reached,
+        )
         if "PONG" in out:
             return True
         if "WRONGPASS" in out + err or "NOAUTH" in out + err:
@@ -549,14 +588,23 @@ def rotate(
     engine.require_manager(client)
     services = Services(client)
     rotatable = ROTATABLE[key]
-    # Its service must answer before the record is made (a restart needs nothing of it).
-    if rotatable.live not in (RESTART, RESTART_N8N):
+    # Its service must answer before the record is made (a restart needs nothing of it);
+    # Postgres on any node (reached through a companion), Grafana on this one.
+    if rotatable.live == LIVE_POSTGRES:
+        engine.running_task(client, rotatable.service)
+    elif rotatable.live == LIVE_GRAFANA:
         engine.running_container(client, rotatable.service)
-    pending = begin(settings, key, report)
-    apply_live(settings, services, pending, report)
-    store(settings, pending, report)
-    redeploy(settings, client, pending, timeout, report)
-    check(settings, services, pending, report)
+    try:
+        pending = begin(settings, key, report)
+        apply_live(settings, services, pending, report)
+        # A companion mounts the secret versions the redeploy replaces: gone first, so they
+        # can be pruned; the check makes a new one.
+        services.close()
+        store(settings, pending, report)
+        redeploy(settings, client, pending, timeout, report)
+        check(settings, services, pending, report)
+    finally:
+        services.close()
     clear_pending(settings)
     report(f"6/6 done: {key} rotated; the pending record is removed")
 

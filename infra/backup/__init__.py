@@ -8,7 +8,9 @@ of every object against the object store's own), and only then renamed into plac
 directory with a manifest is always complete. Directories are 0700, files 0600.
 
 Postgres and Redis are read and written inside their running task containers through the
-Docker API (exec, put_archive). Credentials are read from /run/secrets inside the container
+Docker API (exec, put_archive), or, when a task runs on another node than this engine's, in a
+companion on this node that reaches it over the overlay network (swarm/companion.py).
+Credentials are read from /run/secrets inside the container
 by a shell there: they are never in a process's arguments, in an exec's environment or in
 our output (DESIGN decision 7).
 
@@ -16,7 +18,8 @@ A restore validates the backup (manifest, checksums, pg_restore --list, redis-ch
 the target's own containers) before it touches the target, then saves the target's current
 data as a backup of its own, and only then replaces Postgres (pg_restore --clean in one
 transaction) and Redis (stopped, its data directory moved aside, the RDB installed as the
-base of a fresh append-only file, started again).
+base of a fresh append-only file, started again; on another node, redis_remote.py does the
+same there through a one-off job).
 
 The package, one module per part:
   manifest    names, the backup directory, manifest.json and its validation (no daemon)
@@ -24,6 +27,7 @@ The package, one module per part:
   env         backup.env: Postgres and Redis
   shared      backup.shared: the object store's buckets, Grafana's and n8n's data
   restore     restore.env
+  redis_remote  restore.env's Redis step when Redis runs on another node
   shared_restore  restore.shared
   offsite     the off-site copy of each backup (BACKUP_S3_*), and bringing one back
   run         one run of backup.env or backup.shared: the backup, its record, retention

@@ -14,7 +14,10 @@ from docker.errors import APIError, NotFound
 from infra import engine
 from infra.backup.manifest import BackupError
 from infra.catalog import ENVIRONMENTS
+from infra.errors import EngineError
 from infra.settings import Settings
+from infra.swarm.companion import Reach
+from infra.swarm.placement import hostname
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
 LONG_TIMEOUT = 6 * 3600  # a dump or restore may stay silent on the API for a long time
@@ -24,12 +27,21 @@ LONG_TIMEOUT = 6 * 3600  # a dump or restore may stay silent on the API for a lo
 
 
 def running_container(client: docker.DockerClient, service: str):
-    """The running container of a service's task on this engine (the manager: stateful
-    services are placed there)."""
+    """The running container of a service's task on this engine. The shared stack's backup
+    uses it (its data must be on this node); an environment's go through
+    swarm.companion.reach, which also reaches a task on another node."""
     found = client.containers.list(
         filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"}
     )
     if not found:
+        with contextlib.suppress(EngineError):  # not deployed, or no task: as below
+            _, node_id = engine.running_task(client, service)
+            node = hostname(client.nodes.get(node_id))
+            raise BackupError(
+                f"{service} runs on node {node}, not on this engine's node; the shared stack's "
+                f"backup and restore need its data here. Run them with DOCKER_HOST at {node}'s "
+                "engine (a manager)."
+            )
         stack = service.split("_", 1)[0]
         deploy = f"deploy.env --name={stack}" if stack in ENVIRONMENTS else f"deploy.{stack}"
         raise BackupError(
@@ -57,8 +69,12 @@ def put_file(container, directory: str, local: Path, name: str, mode: int) -> No
 
 def _exec(client, container, cmd: list[str], stdout=None) -> tuple[int, bytes, bytes]:
     """Run `cmd` in the container; stdout goes to the file `stdout` when given, else is
-    returned. Returns (exit code, stdout, stderr)."""
-    exec_id = client.api.exec_create(container.id, cmd, stdout=True, stderr=True)["Id"]
+    returned. Returns (exit code, stdout, stderr). `container` may be a Reach: its
+    variables (where the server is) come with the exec."""
+    environment = container.environment() if isinstance(container, Reach) else None
+    exec_id = client.api.exec_create(
+        container.id, cmd, stdout=True, stderr=True, environment=environment or None
+    )["Id"]
     out: list[bytes] = []
     err: list[bytes] = []
     for chunk_out, chunk_err in client.api.exec_start(exec_id, stream=True, demux=True):
@@ -109,6 +125,11 @@ class _ContainerDir:
             # A container that is gone took its /tmp with it.
             with contextlib.suppress(APIError, NotFound):
                 _exec(self.client, self.container, ["rm", "-rf", self.path])
+
+
+def redis_args(container) -> list[str]:
+    """redis-cli's arguments that reach the server from `container` (none in its own task)."""
+    return container.redis_args() if isinstance(container, Reach) else []
 
 
 def _service_image(client, service: str) -> str:

@@ -1,8 +1,11 @@
 """backup.env: an environment's Postgres (pg_dump) and Redis (RDB snapshot), read and
-checked inside their running containers."""
+checked with the services' own tools: in their running containers when they run on this
+engine's node, else in companions here that reach them over the overlay network
+(swarm/companion.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from datetime import UTC, datetime
@@ -16,7 +19,7 @@ from infra.backup.containers import (
     _exec,
     _long_client,
     _service_image,
-    running_container,
+    redis_args,
 )
 from infra.backup.manifest import (
     FORMAT,
@@ -36,6 +39,7 @@ from infra.backup.manifest import (
 from infra.backup.tables import DUMP_AND_STATS, MARK, TableStats, dump_script, parse_stats
 from infra.catalog import ENVIRONMENTS
 from infra.settings import Settings, check_target
+from infra.swarm.companion import Reach, reach
 
 # Inside the postgres container: connection settings from the secret files, then the tool.
 # Used as `sh -c WRAPPER tool args...` so the tool and its arguments are sh's $0 and $@.
@@ -50,12 +54,12 @@ _REDIS_WRAPPER = (
     'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH && exec "$0" "$@"'
 )
 # redis-cli --rdb makes the server send a fresh snapshot (as to a replica) and writes it to a
-# file; the file then goes to stdout and the messages to stderr.
+# file; the file then goes to stdout and the messages to stderr. `$@`: where the server is.
 _REDIS_SNAPSHOT = (
     'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" && export REDISCLI_AUTH '
     "&& dir=$(mktemp -d /tmp/nextcandle-backup.XXXXXX) "
     "&& trap 'rm -rf \"$dir\"' EXIT "
-    '&& redis-cli --rdb "$dir/dump.rdb" >&2 '
+    '&& redis-cli "$@" --rdb "$dir/dump.rdb" >&2 '
     '&& cat "$dir/dump.rdb"'
 )
 _TABLE_COUNTS = """
@@ -132,7 +136,12 @@ def table_counts(client, container) -> dict[str, int]:
 def snapshot_redis(client, container, destination: Path) -> None:
     with _private_file(destination) as handle:
         _check(
-            _exec(client, container, ["sh", "-c", _REDIS_SNAPSHOT], stdout=handle),
+            _exec(
+                client,
+                container,
+                ["sh", "-c", _REDIS_SNAPSHOT, "sh", *redis_args(container)],
+                stdout=handle,
+            ),
             f"redis-cli --rdb in {container.name}",
         )
 
@@ -154,7 +163,11 @@ def check_rdb(client, workdir: _ContainerDir, rdb: Path) -> dict[str, int]:
 
 def redis_key_count(client, container) -> int:
     out = _check(
-        _exec(client, container, ["sh", "-c", _REDIS_WRAPPER, "redis-cli", "DBSIZE"]),
+        _exec(
+            client,
+            container,
+            ["sh", "-c", _REDIS_WRAPPER, "redis-cli", *redis_args(container), "DBSIZE"],
+        ),
         f"redis-cli DBSIZE in {container.name}",
     )
     return int(out.decode().strip().split()[-1])
@@ -174,8 +187,26 @@ def backup_env(
     """Back up one environment's Postgres and Redis into BACKUP_ROOT/<env>/<time>/."""
     check_target(env, tuple(ENVIRONMENTS))
     client = _long_client(settings, client)
-    postgres = running_container(client, f"{env}_postgres")
-    redis = running_container(client, f"{env}_redis")
+    with contextlib.ExitStack() as stack:
+        postgres = stack.enter_context(reach(client, f"{env}_postgres"))
+        redis = stack.enter_context(reach(client, f"{env}_redis"))
+        return backup_reached(settings, env, client, postgres, redis, report, label, note)
+
+
+def backup_reached(
+    settings: Settings,
+    env: str,
+    client: docker.DockerClient,
+    postgres: Reach,
+    redis: Reach,
+    report: Report = print,
+    label: str = "",
+    note: str = "",
+) -> BackupResult:
+    """backup_env through services already reached (a restore's safety backup)."""
+    for reached in (postgres, redis):
+        if reached.remote:
+            report(f"backup {env}: {reached.service} runs on another node: reached from here")
     parent = settings.backups / env
     partial = _partial_dir(parent)
     try:

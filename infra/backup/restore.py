@@ -17,9 +17,8 @@ from infra.backup.containers import (
     _ContainerDir,
     _exec,
     _long_client,
-    running_container,
 )
-from infra.backup.env import backup_env, check_rdb, list_dump, redis_key_count, table_counts
+from infra.backup.env import backup_reached, check_rdb, list_dump, redis_key_count, table_counts
 from infra.backup.manifest import (
     POSTGRES_DUMP,
     REDIS_RDB,
@@ -30,8 +29,10 @@ from infra.backup.manifest import (
     stamp,
     validate,
 )
+from infra.backup.redis_remote import restore_redis_remote
 from infra.catalog import ENVIRONMENTS
 from infra.settings import Settings, check_target
+from infra.swarm.companion import reach
 
 # pg_restore connects only when told a database; --role: objects belong to the target's user.
 _PG_RESTORE = (
@@ -48,7 +49,7 @@ class RestoreResult:
     target: str
     source: Path
     safety_backup: Path
-    redis_moved_aside: Path
+    redis_moved_aside: str  # a path here, or "PATH on node NAME"
     tables: dict[str, int]
     redis_keys: int
 
@@ -70,27 +71,33 @@ def restore_env(
     refuse_prod_without_yes(target, yes, str(source))
     source = source.expanduser().resolve()
     manifest = validate(source, "env", settings.backups)
+    client = _long_client(settings, client)
+    redis_here, _ = engine.running_task(client, f"{target}_redis")
     redis_dir = settings.data_root / target / "redis"
-    if not redis_dir.is_dir():
+    # Where Redis runs on another node, its directory is there, not here (restore_redis_remote).
+    if redis_here and not redis_dir.is_dir():
         raise BackupError(
             f"{redis_dir} does not exist on this machine. Run the restore on the swarm manager "
             "that holds DATA_ROOT, with the same DATA_ROOT as the deploy."
         )
-    client = _long_client(settings, client)
-    postgres = running_container(client, f"{target}_postgres")
-    redis = running_container(client, f"{target}_redis")
-
-    with _ContainerDir(client, postgres) as pg_dir, _ContainerDir(client, redis) as redis_dir_in:
+    with (
+        reach(client, f"{target}_postgres") as postgres,
+        reach(client, f"{target}_redis") as redis,
+        _ContainerDir(client, postgres) as pg_dir,
+        _ContainerDir(client, redis) as redis_dir_in,
+    ):
         # Both files are proven readable by the target's own tools before anything changes.
         list_dump(client, pg_dir, source / POSTGRES_DUMP)
         check_rdb(client, redis_dir_in, source / REDIS_RDB)
         report(f"restore {target}: backup {source} is complete and readable")
 
-        safety = backup_env(
+        safety = backup_reached(
             settings,
             target,
+            client,
+            postgres,
+            redis,
             report=report,
-            client=client,
             label="before-restore",
             note=f"{target}'s data before it was restored from {source}",
         )
@@ -117,20 +124,28 @@ def restore_env(
             ),
             f"pg_restore into {target}_postgres (rolled back, {target} unchanged)",
         )
-    tables = table_counts(client, postgres)
-    expected = manifest["postgres"]["tables"]
-    wrong = sorted(name for name, count in expected.items() if tables.get(name) != count)
-    if wrong:
-        raise BackupError(
-            f"restore {target}: after pg_restore, {', '.join(wrong)} do not hold the rows the "
-            f"backup counted. Its previous data is in {safety.path}."
-        )
+        tables = table_counts(client, postgres)
+        expected = manifest["postgres"]["tables"]
+        wrong = sorted(name for name, count in expected.items() if tables.get(name) != count)
+        if wrong:
+            raise BackupError(
+                f"restore {target}: after pg_restore, {', '.join(wrong)} do not hold the rows "
+                f"the backup counted. Its previous data is in {safety.path}."
+            )
 
-    moved_aside = restore_redis(
-        settings, client, target, source / REDIS_RDB, report=report, timeout=timeout
-    )
-    redis = running_container(client, f"{target}_redis")
-    keys = redis_key_count(client, redis)
+        if redis.remote:
+            moved_aside = restore_redis_remote(
+                client, redis, f"{redis_dir_in.path}/dump.rdb", report=report, timeout=timeout
+            )
+            keys = redis_key_count(client, redis)  # the companion reaches the new task
+    if not redis.remote:
+        moved_aside = str(
+            restore_redis(
+                settings, client, target, source / REDIS_RDB, report=report, timeout=timeout
+            )
+        )
+        with reach(client, f"{target}_redis") as redis:  # its new task
+            keys = redis_key_count(client, redis)
     counted = manifest["redis"]
     if not counted["keys"] - counted.get("expires", 0) <= keys <= counted["keys"]:
         raise BackupError(

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import docker
 
+from infra import engine
 from infra.backup import offsite, records, retention
-from infra.backup.containers import _long_client, running_container
+from infra.backup.containers import _long_client
 from infra.backup.env import backup_env
 from infra.backup.manifest import BackupError, BackupResult, Report, describe
 from infra.backup.shared import backup_shared, shared_containers
@@ -64,7 +65,7 @@ def run_backup(
         shared_containers(settings, client)
     else:
         for service in ("postgres", "redis"):
-            running_container(client, f"{target}_{service}")
+            engine.running_task(client, f"{target}_{service}")  # on any node
 
     started = time.monotonic()
     try:

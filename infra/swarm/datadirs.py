@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import docker
 from docker.types import Mount, RestartPolicy, ServiceMode
@@ -45,16 +45,56 @@ def create_on_node(
     args: list[str] = []
     for directory in directories:
         args += [str(directory.path), str(directory.uid), str(directory.gid)]
-    name = f"nextcandle-datadirs-{uuid.uuid4().hex[:8]}"
+    service = run_job(
+        client,
+        node,
+        "datadirs",
+        image,
+        ["sh", "-c", _SCRIPT, "datadirs", *args],
+        timeout=timeout,
+        failed=lambda error: (
+            f"creating the data directories on node {hostname(node)} failed ({error}). "
+            f"Create them there by hand (owners as `invoke deploy --dry-run` lists), "
+            "then deploy again."
+        ),
+        late=lambda states: (
+            f"creating the data directories on node {hostname(node)} did not finish in "
+            f"{timeout:.0f} s (tasks: {states}). Check the node, then deploy again."
+        ),
+        then=_created,
+    )
+    return service
+
+
+def run_job(
+    client: docker.DockerClient,
+    node,
+    kind: str,
+    image: str,
+    command: Sequence[str],
+    timeout: float,
+    failed: Callable[[str], str],
+    late: Callable[[str], str],
+    then: Callable,
+    networks: Sequence[str] = (),
+    secrets: Sequence[dict] = (),
+):
+    """Run `command` once on `node`, with the host's / at /host, as a replicated job; `then`
+    (client, service) gives the result once it completed. The job is removed afterwards,
+    whatever happened; `failed` (the task's error) and `late` (the task states) give the
+    line for an EngineError."""
+    name = f"nextcandle-{kind}-{uuid.uuid4().hex[:8]}"
     service = client.services.create(
         image,
-        command=["sh", "-c", _SCRIPT, "datadirs", *args],
+        command=list(command),
         name=name,
-        labels={JOB_LABEL: "datadirs"},
+        labels={JOB_LABEL: kind},
         mode=ServiceMode("replicated-job", concurrency=1),
         constraints=[f"node.id == {node.id}"],
         mounts=[Mount(target="/host", source="/", type="bind")],
         restart_policy=RestartPolicy(condition="none"),
+        networks=list(networks) or None,
+        secrets=[dict(s) for s in secrets] or None,
     )
     try:
         deadline = time.monotonic() + timeout
@@ -62,24 +102,25 @@ def create_on_node(
             tasks = service.tasks()
             states = [t["Status"]["State"] for t in tasks]
             if "complete" in states:
-                return _created(client, service)
-            failed = [t for t in tasks if t["Status"]["State"] in ("failed", "rejected")]
-            if failed:
-                error = failed[0]["Status"].get("Err", "") or failed[0]["Status"]["State"]
-                raise EngineError(
-                    f"creating the data directories on node {hostname(node)} failed ({error}). "
-                    f"Create them there by hand (owners as `invoke deploy --dry-run` lists), "
-                    "then deploy again."
-                )
+                return then(client, service)
+            failures = [t for t in tasks if t["Status"]["State"] in ("failed", "rejected")]
+            if failures:
+                error = failures[0]["Status"].get("Err", "") or failures[0]["Status"]["State"]
+                raise EngineError(failed(error + _last_log_line(service)))
             if time.monotonic() > deadline:
-                raise EngineError(
-                    f"creating the data directories on node {hostname(node)} did not finish in "
-                    f"{timeout:.0f} s (tasks: {', '.join(states) or 'none'}). Check the node, "
-                    "then deploy again."
-                )
+                raise EngineError(late(", ".join(states) or "none"))
             time.sleep(0.5)
     finally:
         remove_service_quietly(client, name)
+
+
+def _last_log_line(service) -> str:
+    try:
+        text = b"".join(service.logs(stdout=True, stderr=True, tail=5)).decode(errors="replace")
+    except docker.errors.APIError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines else ""
 
 
 def _created(client: docker.DockerClient, service) -> list[str]:

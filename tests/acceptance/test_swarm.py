@@ -9,6 +9,7 @@ workers are promoted for the three-manager variant, which loses one manager and 
 
 from __future__ import annotations
 
+import json
 import stat
 import uuid
 
@@ -17,7 +18,7 @@ import redis
 
 from infra import converge, engine
 from infra.catalog import DATA_TARGETS, ENVIRONMENTS, data_label
-from infra.swarm import placement
+from infra.swarm import companion, placement
 from tests.acceptance.test_backup import _connect
 
 
@@ -151,6 +152,149 @@ def _index_of(platform, node_id: str) -> int:
         if member.client.info()["Swarm"]["NodeID"] == node_id:
             return index
     raise AssertionError(f"no dind node runs swarm node {node_id}")
+
+
+# --- data operations from the manager on prod's data on a worker (point 3) ----------------------
+
+REMOTE_ROWS = 300
+REMOTE_KEYS = {"remote:a": "1", "remote:b": "two", "remote:c": "drei"}
+
+
+@pytest.fixture(scope="module")
+def prod_on_worker(platform):
+    """prod deployed with its data on a worker (the test above), seeded through its task on
+    that worker; skips on one node."""
+    platform.require("POSTGRES_IMAGE")
+    platform.require("REDIS_IMAGE")
+    here = platform.client.info()["Swarm"]["NodeID"]
+    if "prod" not in engine.deployed_stacks(platform.client):
+        pytest.skip("needs prod deployed with its data on a worker: --nodes=3")
+    if _node_of(platform, "prod_postgres") == here:
+        pytest.skip("needs prod's Postgres on another node than the manager: --nodes=3")
+    _prod_sql(platform, "DROP TABLE IF EXISTS remote_items")
+    _prod_sql(platform, "CREATE TABLE remote_items (id int PRIMARY KEY, note text)")
+    _prod_sql(
+        platform,
+        f"INSERT INTO remote_items SELECT i, md5(i::text) FROM generate_series(1, {REMOTE_ROWS}) i",  # noqa: S608
+    )
+    _prod_redis(platform, "FLUSHALL")
+    for key, value in REMOTE_KEYS.items():
+        _prod_redis(platform, "SET", key, value)
+    return platform
+
+
+def _task_container(platform, service: str):
+    """The running container of `service` on its node, through that node's own engine."""
+    member = platform.swarm.nodes[_index_of(platform, _node_of(platform, service))]
+    found = member.client.containers.list(
+        filters={"label": f"com.docker.swarm.service.name={service}", "status": "running"}
+    )
+    assert found, f"{service}: no running container on its node"
+    return found[0]
+
+
+def _prod_sql(platform, sql: str, password: str = "") -> str:
+    values = platform.secrets()
+    code, out = _task_container(platform, "prod_postgres").exec_run(
+        ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+         "-U", values["prod_postgres_user"], "-d", values["prod_postgres_db"], "-c", sql],
+        environment={"PGPASSWORD": password or values["prod_postgres_password"]},
+    )  # fmt: skip
+    assert code == 0, out.decode(errors="replace")
+    return out.decode().strip()
+
+
+def _prod_redis(platform, *command: str) -> str:
+    code, out = _task_container(platform, "prod_redis").exec_run(
+        ["redis-cli", *command],
+        environment={"REDISCLI_AUTH": platform.secrets()["prod_redis_password"]},
+    )
+    assert code == 0, out
+    return out.decode().strip()
+
+
+def _prod_state(platform) -> tuple[str, dict[str, str]]:
+    rows = _prod_sql(
+        platform,
+        "SELECT count(*) || ' ' || md5(string_agg(t::text, ',' ORDER BY id)) FROM remote_items t",
+    )
+    keys = sorted(_prod_redis(platform, "KEYS", "*").split())
+    return rows, {key: _prod_redis(platform, "GET", key) for key in keys}
+
+
+def _no_companion_left(platform) -> None:
+    left = platform.client.services.list(filters={"label": companion.COMPANION_LABEL})
+    assert not left, [s.name for s in left]
+
+
+@pytest.fixture(scope="module")
+def remote_backup(prod_on_worker, tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote-backups")
+    state = _prod_state(prod_on_worker)
+    made = prod_on_worker.invoke("backup.env", "--name=prod", BACKUP_ROOT=str(root))
+    assert made.returncode == 0, made.stdout + made.stderr
+    (source,) = sorted((root / "prod").iterdir())
+    return {"root": root, "source": source, "state": state, "output": made.stdout}
+
+
+def test_backup_of_prod_on_a_worker_is_made_from_the_manager(prod_on_worker, remote_backup):
+    manifest = json.loads((remote_backup["source"] / "manifest.json").read_text())
+    assert manifest["postgres"]["tables"]["public.remote_items"] == REMOTE_ROWS
+    assert manifest["redis"]["keys"] == len(REMOTE_KEYS)
+    assert "prod_postgres runs on another node" in remote_backup["output"]
+    _no_companion_left(prod_on_worker)
+
+
+def test_drill_of_the_remote_backup_passes_from_the_manager(prod_on_worker, remote_backup):
+    """The drill needs only this engine: its throwaway containers run here, from the backup
+    files here."""
+    drilled = prod_on_worker.invoke(
+        "backup.drill", "--name=prod", BACKUP_ROOT=str(remote_backup["root"])
+    )
+    assert drilled.returncode == 0, drilled.stdout + drilled.stderr
+    assert "row counts and checksums as the manifest says" in drilled.stdout, drilled.stdout
+
+
+def test_restore_into_prod_on_a_worker_brings_back_its_rows_and_keys(prod_on_worker, remote_backup):
+    platform = prod_on_worker
+    _prod_sql(platform, "DELETE FROM remote_items WHERE id > 100")
+    _prod_redis(platform, "DEL", "remote:a")
+    _prod_redis(platform, "SET", "remote:after-backup", "x")
+    assert _prod_state(platform) != remote_backup["state"]
+    restored = platform.invoke(
+        "restore.env", "--name=prod", f"--from={remote_backup['source']}", "--yes",
+        BACKUP_ROOT=str(remote_backup["root"]),
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert _prod_state(platform) == remote_backup["state"]
+    _no_companion_left(platform)
+    # The previous Redis files are kept aside on the worker, and its data is in its AOF:
+    # a restart of Redis loads the same keys.
+    worker = platform.swarm.nodes[_index_of(platform, _node_of(platform, "prod_redis"))]
+    parent = str(platform.settings.data_root / "prod")
+    code, out = worker.container.exec_run(["ls", parent])
+    assert code == 0 and "redis.before-restore-" in out.decode(), out
+    engine.restart_service(platform.client, "prod_redis")
+    converge.wait_converged(platform.client, "prod", changed={"prod_redis"}, timeout=180)
+    assert _prod_state(platform) == remote_backup["state"]
+
+
+def test_rotating_prods_postgres_password_on_a_worker_works(prod_on_worker):
+    platform = prod_on_worker
+    old = platform.secrets()["prod_postgres_password"]
+    rotated = platform.invoke("secrets.rotate", "--key=prod_postgres_password")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    new = platform.secrets()["prod_postgres_password"]
+    assert new != old
+    assert _prod_sql(platform, "SELECT 1", password=new) == "1"
+    values = platform.secrets()
+    code, out = _task_container(platform, "prod_postgres").exec_run(
+        ["psql", "-X", "-At", "-h", "127.0.0.1", "-U", values["prod_postgres_user"],
+         "-d", values["prod_postgres_db"], "-c", "SELECT 1"],
+        environment={"PGPASSWORD": old},
+    )  # fmt: skip
+    assert code != 0 and b"password authentication failed" in out, out
+    _no_companion_left(platform)
 
 
 def test_a_lost_worker_leaves_every_service_running_on_the_other_nodes(dev):

@@ -24,6 +24,7 @@ import yaml
 from infra import rotate, secrets
 from infra.errors import EngineError, SecretsError, SettingsError
 from infra.settings import REPO_ROOT
+from infra.swarm import companion
 
 
 @pytest.fixture
@@ -264,6 +265,7 @@ class FakeServices(rotate.Services):
         self.verifier = rotate.scram_verifier(postgres_password)
         self.passwords: dict[str, str] = {}
         self.execs: list[tuple[str, list[str], str]] = []
+        self.remote: dict[str, str] = {}
 
     def _login(self, password: str) -> bool:
         _, rest = self.verifier.split("$", 1)
@@ -273,7 +275,11 @@ class FakeServices(rotate.Services):
             self.verifier
         )
 
-    def _exec(self, service, command, stdin):
+    def reach(self, service):
+        # A task on this node unless the test puts its service elsewhere.
+        return companion.Reach(service, None, host=self.remote.get(service, ""))
+
+    def _exec(self, service, command, stdin, reached=None):
         self.execs.append((service, command, stdin))
         if service.endswith("_postgres"):
             password, sql = stdin.split("\n", 1)
@@ -360,6 +366,28 @@ def test_redis_password_is_checked_through_stdin_of_redis_cli(settings, values):
     assert stdin == "AUTH the-password\nPING\n"
 
 
+def test_redis_on_another_node_is_checked_from_the_companion_at_its_dns_name(settings, values):
+    services = FakeServices("unused")
+    services.remote["dev_redis"] = "tasks.dev_redis"
+    services.passwords["dev_redis"] = "the-password"
+    assert services.redis_accepts("dev", "the-password")
+    _, command, stdin = services.execs[0]
+    assert command == ["redis-cli", "-h", "tasks.dev_redis"]
+    assert "the-password" not in " ".join(command)
+
+
+def test_postgres_on_another_node_is_reached_over_tcp_at_its_dns_name(settings, values):
+    services = FakeServices(values["dev_postgres_password"])
+    services.remote["dev_postgres"] = "tasks.dev_postgres"
+    assert services.postgres_accepts("dev", values, values["dev_postgres_password"])
+    _, command, _ = services.execs[0]
+    assert command[-1] == "tasks.dev_postgres"
+    assert values["dev_postgres_password"] not in " ".join(command)
+    services.remote.clear()
+    services.postgres_accepts("dev", values, values["dev_postgres_password"])
+    assert services.execs[-1][1][-1] == "127.0.0.1"  # its own task: loopback, as before
+
+
 def test_store_then_store_again_rewrites_once(settings, values):
     pending = rotate.begin(settings, "dev_redis_password", report=lambda _: None)
     lines: list[str] = []
@@ -389,7 +417,11 @@ def test_n8n_gets_no_live_change_its_restart_is_the_change(settings, values):
 class FakeN8n(FakeServices):
     """n8n's REST login: 200 for the owner's password, 401 for any other."""
 
-    def _exec(self, service, command, stdin):
+    def reach(self, service):
+        # A task on this node unless the test puts its service elsewhere.
+        return companion.Reach(service, None, host=self.remote.get(service, ""))
+
+    def _exec(self, service, command, stdin, reached=None):
         self.execs.append((service, command, stdin))
         body = json.loads(stdin)
         ok = body == {"emailOrLdapLoginId": "owner@example.test", "password": "the-password"}
