@@ -50,6 +50,49 @@ ARTIFACT_LOG_LINES = 200
 RESERVATIONS_SCALE = "0.5"
 
 
+# Seconds each module keeps one worker busy on the CI machine (the suite's profile of
+# 2026-12-01, README "Measured on this project's CI machine"), rounded. With `--dist loadfile`
+# a free worker takes the next module in collection order; the longest first leaves the short
+# ones to fill the gaps at the end, so the workers finish together instead of one running a
+# six-minute module alone. A module missing here counts as short: it runs among the last.
+MODULE_SECONDS = {
+    "test_recovery.py": 360,
+    "test_rotation.py": 300,
+    "test_dashboards.py": 260,
+    "test_alerts.py": 280,
+    "test_operations.py": 265,
+    "test_shared.py": 230,
+    "test_persistence.py": 160,
+    "test_backup_offsite.py": 125,
+    "test_lock.py": 120,
+    "test_backup.py": 75,
+    "test_backup_drill.py": 60,
+    "test_app.py": 55,
+    "test_hygiene.py": 40,
+    "test_mistakes.py": 30,
+    "test_isolation.py": 15,
+    "test_tasks.py": 10,
+    "test_env.py": 8,
+    "test_node_exporter.py": 7,
+    "test_core.py": 6,
+    "test_swarm.py": 3,
+    "test_ports.py": 1,
+}
+
+
+def pytest_configure(config):
+    # xdist's loadfile otherwise sorts the modules by how many tests they hold, which says
+    # little about how long they take (test_shared.py's 32 tests take less than
+    # test_recovery.py's 2).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first (MODULE_SECONDS); a module's own tests keep their order."""
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("acceptance")
     group.addoption("--nodes", type=int, default=1, help="dind nodes in the swarm (default 1)")
