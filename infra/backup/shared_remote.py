@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import tarfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -129,7 +130,7 @@ SEND_DIRECTORY = (
 # companion, $5 the sha256 the stream must have. The trap is set only once the directory is
 # aside, so a failure before that changes nothing.
 RECEIVE_DIRECTORY = (
-    'set -u; d="/host$1"; aside="/host$2"; host="$3"; port="$4"; want="$5"; ok=0; '
+    'set -u; d="/host$1"; aside="/host$2"; shown="$2"; host="$3"; port="$4"; want="$5"; ok=0; '
     'if [ ! -d "$d" ]; then echo "$1 is not a directory on this node" >&2; exit 2; fi; '
     + _connect("3<")
     + 'mv "$d" "$aside"; '
@@ -144,7 +145,7 @@ RECEIVE_DIRECTORY = (
     'if [ "$got" != "$want" ]; then echo "the stream arrived with sha256 $got, '
     'not the $want that was sent" >&2; exit 5; fi; '
     'if [ ! -d "$d" ]; then echo "the archive held no $1" >&2; exit 6; fi; '
-    'ok=1; echo "moved aside $2"'
+    'ok=1; echo "moved aside $shown"'
 )
 
 
@@ -321,18 +322,20 @@ def write_archive(destination: Path, name: str, files: Path, entries: dict[str, 
     """A tar of the backup's entries (under `name`/, with the modes and owners the backup
     recorded) in `destination`; its sha256."""
     order = sorted(entries, key=lambda k: (len(PurePosixPath(k).parts), k))
+    now = time.time()  # the backup keeps no times; the files' own are when it was taken
     with tarfile.open(destination, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for key in order:
             entry = entries[key]
             info = tarfile.TarInfo(f"{name}/{key}" if key else name)
             info.mode, info.uid, info.gid = entry["mode"], entry["uid"], entry["gid"]
             info.uname = info.gname = ""  # numeric owners only: the node's names may differ
+            info.mtime = now
             if entry["type"] == "dir":
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             elif entry["type"] == "file":
                 path = files / key
-                info.size = path.stat().st_size
+                info.size, info.mtime = path.stat().st_size, path.stat().st_mtime
                 with path.open("rb") as handle:
                     tar.addfile(info, handle)
             else:
