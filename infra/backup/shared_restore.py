@@ -273,16 +273,24 @@ def s3_url(store) -> str:
     return f"http://{host}:{S3_PORT}" if host else S3_API
 
 
-def _signer(keys: tuple[str, str], endpoint: str = S3_API):
-    """An S3 client for the store's API as seen from where the upload runs; it only signs
-    forms here (no request leaves this process). A POST form's signature covers its policy,
-    not the host, so the same keys sign for either address."""
+def at_base(url: str, base: str) -> str:
+    """A signed form's URL (made for S3_API) at the address the upload runs against."""
+    if not url.startswith(S3_API):
+        raise BackupError(f"the signed upload form points at {url}, not at the object store.")
+    return base + url[len(S3_API) :]
+
+
+def _signer(keys: tuple[str, str]):
+    """An S3 client for the store's API as seen inside its container; it only signs forms
+    here (no request leaves this process). botocore refuses a host name with an underscore
+    (tasks.shared_seaweedfs), so forms are always signed for the loopback address and
+    at_base() moves them: a POST form's signature covers its policy, not the host."""
     import boto3  # noqa: PLC0415 - only a restore pays for the import
     from botocore.config import Config  # noqa: PLC0415
 
     return boto3.client(
         "s3",
-        endpoint_url=endpoint,
+        endpoint_url=S3_API,
         aws_access_key_id=keys[0],
         aws_secret_access_key=keys[1],
         region_name="us-east-1",  # SeaweedFS checks the signature, not the region
@@ -350,7 +358,8 @@ def restore_objects(
     """Write every object of the backup through the store's S3 API, then compare the store's
     listing (MD5, content type, metadata) with the backup's."""
     count = 0
-    signer = _signer(keys, s3_url(store))
+    signer = _signer(keys)
+    base = s3_url(store)
     _ensure_buckets(client, store, buckets)
     with _ContainerDir(client, store) as workdir, tempfile.TemporaryDirectory() as scratch:
         body = Path(scratch) / "object"
@@ -366,6 +375,7 @@ def restore_objects(
                     ExpiresIn=_POST_EXPIRES,
                 )
                 content_type, url = upload_form(signed, source / entry["file"], body)
+                url = at_base(url, base)
                 inside = workdir.put(body, "object")
                 command = ["wget", "-q", "-O", "/dev/null", "--header"]
                 _check(

@@ -166,3 +166,14 @@ def test_without_a_postgres_image_the_transfer_is_one_line():
     with pytest.raises(BackupError, match=r"^POSTGRES_IMAGE is not set") as raised:
         shared.transfer_image(settings)
     assert "\n" not in str(raised.value)
+
+
+def test_a_form_signed_for_the_loopback_is_sent_to_the_stores_tasks_name():
+    """botocore refuses tasks.shared_seaweedfs as an endpoint (the underscore), so forms
+    are signed for 127.0.0.1 and moved; the path (bucket) stays."""
+    base = shared_restore.s3_url(_reach("tasks.shared_seaweedfs"))
+    moved = shared_restore.at_base("http://127.0.0.1:8333/restore-1", base)
+    assert moved == "http://tasks.shared_seaweedfs:8333/restore-1"
+    assert shared_restore.at_base("http://127.0.0.1:8333/b", shared_restore.S3_API) == (
+        "http://127.0.0.1:8333/b"
+    )
