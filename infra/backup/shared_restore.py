@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from secrets import token_hex
@@ -53,6 +54,7 @@ from infra.backup.shared import (
     _is_dir,
     _walk,
     backup_shared,
+    filer_url,
     transfer_image,
 )
 from infra.catalog import SHARED
@@ -72,11 +74,9 @@ S3_API = f"http://127.0.0.1:{S3_PORT}"  # inside the store's own container
 MASTER_PORT = 9333  # SeaweedFS's master (weed server's default)
 _POST_EXPIRES = 900  # seconds a signed upload form stays valid
 _CREATE_BUCKET = 'echo "s3.bucket.create -name $1" | weed shell'  # the name is an argument
-# From a companion: the store's master and filer by its tasks' name ($2); the shell would
-# otherwise ask localhost, and the filer the master knows is the store's own 127.0.0.1.
-_CREATE_BUCKET_REMOTE = (
-    f'echo "s3.bucket.create -name $1" | weed shell -master="$2:{MASTER_PORT}" -filer="$2:8888"'
-)
+# From a companion, a bucket is made as the filer's directory under /buckets (a POST on its
+# path, which busybox's wget can send): `weed shell` there follows the master's own address,
+# 127.0.0.1 in the store's container (-ip), and never connects.
 # S3's bucket naming rules: what a backup names must be one before it reaches a shell.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -331,6 +331,12 @@ def upload_form(signed: dict, source: Path, destination: Path) -> tuple[str, str
             return f"multipart/form-data; boundary={boundary}", signed["url"]
 
 
+def bucket_mkdir_command(store, bucket: str) -> list[str]:
+    """The filer's mkdir of a bucket (a POST on the directory's path), from a companion."""
+    url = f"{filer_url(store)}{urllib.parse.quote(f'{BUCKETS}/{bucket}/')}"
+    return ["wget", "-q", "-O", "/dev/null", "--post-data=", url]
+
+
 def _ensure_buckets(client, store, buckets: dict) -> None:
     """Make each bucket of the backup that the store no longer has, with the store's own
     shell (an S3 CreateBucket is a PUT, which busybox's wget cannot send)."""
@@ -339,11 +345,10 @@ def _ensure_buckets(client, store, buckets: dict) -> None:
         for entry in _filer_list(client, store, BUCKETS)
         if _is_dir(entry)
     }
-    host = store.host if isinstance(store, Reach) else ""
     for bucket in sorted(set(buckets) - present):
         command = (
-            ["sh", "-c", _CREATE_BUCKET_REMOTE, "sh", bucket, host]
-            if host
+            bucket_mkdir_command(store, bucket)
+            if isinstance(store, Reach) and store.remote
             else ["sh", "-c", _CREATE_BUCKET, "sh", bucket]
         )
         _check(

@@ -131,10 +131,10 @@ def test_the_store_is_asked_at_its_loopback_or_its_tasks_name(host, filer, s3):
     assert shared_restore.s3_url(_reach(host)) == s3
 
 
-def test_a_bucket_made_from_a_companion_names_the_stores_master_and_filer():
-    script = shared_restore._CREATE_BUCKET_REMOTE
-    assert '-master="$2:9333"' in script and '-filer="$2:8888"' in script
-    assert "$1" in script  # the bucket's name is an argument, never spliced in
+def test_a_bucket_made_from_a_companion_is_the_filers_directory():
+    command = shared_restore.bucket_mkdir_command(_reach("tasks.shared_seaweedfs"), "restore-1")
+    assert command == ["wget", "-q", "-O", "/dev/null", "--post-data=",
+                       "http://tasks.shared_seaweedfs:8888/buckets/restore-1/"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
