@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import tempfile
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from secrets import token_hex
@@ -54,7 +53,6 @@ from infra.backup.shared import (
     _is_dir,
     _walk,
     backup_shared,
-    filer_url,
     transfer_image,
 )
 from infra.catalog import SHARED
@@ -74,9 +72,6 @@ S3_API = f"http://127.0.0.1:{S3_PORT}"  # inside the store's own container
 MASTER_PORT = 9333  # SeaweedFS's master (weed server's default)
 _POST_EXPIRES = 900  # seconds a signed upload form stays valid
 _CREATE_BUCKET = 'echo "s3.bucket.create -name $1" | weed shell'  # the name is an argument
-# From a companion, a bucket is made as the filer's directory under /buckets (a POST on its
-# path, which busybox's wget can send): `weed shell` there follows the master's own address,
-# 127.0.0.1 in the store's container (-ip), and never connects.
 # S3's bucket naming rules: what a backup names must be one before it reaches a shell.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -331,12 +326,6 @@ def upload_form(signed: dict, source: Path, destination: Path) -> tuple[str, str
             return f"multipart/form-data; boundary={boundary}", signed["url"]
 
 
-def bucket_mkdir_command(store, bucket: str) -> list[str]:
-    """The filer's mkdir of a bucket (a POST on the directory's path), from a companion."""
-    url = f"{filer_url(store)}{urllib.parse.quote(f'{BUCKETS}/{bucket}/')}"
-    return ["wget", "-q", "-O", "/dev/null", "--post-data=", url]
-
-
 def _ensure_buckets(client, store, buckets: dict) -> None:
     """Make each bucket of the backup that the store no longer has, with the store's own
     shell (an S3 CreateBucket is a PUT, which busybox's wget cannot send)."""
@@ -345,14 +334,18 @@ def _ensure_buckets(client, store, buckets: dict) -> None:
         for entry in _filer_list(client, store, BUCKETS)
         if _is_dir(entry)
     }
-    for bucket in sorted(set(buckets) - present):
-        command = (
-            bucket_mkdir_command(store, bucket)
-            if isinstance(store, Reach) and store.remote
-            else ["sh", "-c", _CREATE_BUCKET, "sh", bucket]
+    missing = sorted(set(buckets) - present)
+    if missing and isinstance(store, Reach) and store.remote:
+        # `weed shell` in a companion follows the master's own address (127.0.0.1 in the
+        # store's container) and never connects; not made another way yet.
+        raise BackupError(
+            f"bucket {missing[0]} of the backup is no longer in the object store, and a "
+            f"bucket cannot be made from another node than {SHARED}_seaweedfs's. Make it "
+            "(e.g. with any S3 client through s3.<domain>), then run the restore again."
         )
+    for bucket in missing:
         _check(
-            _exec_as_root(client, store, command),
+            _exec_as_root(client, store, ["sh", "-c", _CREATE_BUCKET, "sh", bucket]),
             f"making bucket {bucket} in the object store",
         )
 

@@ -131,12 +131,6 @@ def test_the_store_is_asked_at_its_loopback_or_its_tasks_name(host, filer, s3):
     assert shared_restore.s3_url(_reach(host)) == s3
 
 
-def test_a_bucket_made_from_a_companion_is_the_filers_directory():
-    command = shared_restore.bucket_mkdir_command(_reach("tasks.shared_seaweedfs"), "restore-1")
-    assert command == ["wget", "-q", "-O", "/dev/null", "--post-data=",
-                       "http://tasks.shared_seaweedfs:8888/buckets/restore-1/"]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("host", "url"),
     [("", "http://127.0.0.1:9093"), ("tasks.shared_alertmanager", "http://tasks.shared_alertmanager:9093")],
