@@ -1,18 +1,23 @@
 """What Alertmanager knows, asked inside its own task: the alerts that fire now, and a test
 alert whose delivery to every configured receiver is checked on Alertmanager's counters.
 
-Through `docker exec` of the image's own amtool and busybox wget on the task's loopback:
-nothing is published on the node, and it works wherever DOCKER_HOST points (a laptop with
-ssh:// to the manager included), as `invoke logs` and the backups do.
+Through `docker exec` of the image's own busybox wget: nothing is published on the node, and
+it works wherever DOCKER_HOST points (a laptop with ssh:// to the manager included), as
+`invoke logs` and the backups do. When the task runs on this engine's node, wget asks its
+loopback; when it runs on another node (shared's data node is a worker), wget runs in a
+companion on this node (swarm/companion.py: Alertmanager's image, on its networks) and asks
+tasks.shared_alertmanager over the overlay. One companion serves a whole command
+(`with reached(client)`), so `alerts.test`, which polls the counters, starts it once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,10 +26,12 @@ import docker.errors
 
 from infra import engine
 from infra.alerts.receivers import Receiver
-from infra.errors import AlertsError
+from infra.errors import AlertsError, EngineError
+from infra.swarm import companion
 
 SERVICE = "shared_alertmanager"
-URL = "http://127.0.0.1:9093"
+PORT = 9093
+URL = f"http://127.0.0.1:{PORT}"  # in its own task
 TEST_ALERTNAME = "NextcandleTestAlert"
 
 
@@ -95,15 +102,46 @@ def describe(alerts: Sequence[Alert]) -> list[str]:
     return lines
 
 
-def _run(client: docker.DockerClient, command: Sequence[str], stdin: bytes = b"") -> str:
-    container = engine.running_container(client, SERVICE)
+@dataclass(frozen=True)
+class Reached:
+    """Where to exec wget (`container`, an id) and the base URL it asks from there."""
+
+    client: docker.DockerClient
+    container: str
+    url: str
+
+
+def base_url(host: str) -> str:
+    """Alertmanager's API from a container: its loopback in its own task (host ""), else
+    `host` (tasks.shared_alertmanager) over the overlay."""
+    return f"http://{host}:{PORT}" if host else URL
+
+
+@contextlib.contextmanager
+def reached(client) -> Iterator[Reached]:
+    """Alertmanager, reachable by exec for the duration of the block: its own task here, or
+    a companion on this node (removed on exit). A Reached passes through as it is."""
+    if isinstance(client, Reached):
+        yield client
+        return
     try:
-        code, out, err = engine.exec_with_stdin(client, container, command, stdin)
-    except docker.errors.APIError as exc:  # the task ended between the look and the exec
-        raise AlertsError(
-            f"Alertmanager's container did not take the request ({exc.explanation or exc}). "
-            "Check `invoke status`, then retry."
-        ) from None
+        with companion.reach(client, SERVICE) as found:
+            yield Reached(client, found.id, base_url(found.host))
+    except EngineError as exc:
+        raise AlertsError(str(exc)) from None
+
+
+def _run(client, command: Sequence[str], stdin: bytes = b"") -> str:
+    """`command` (its "{url}" replaced by the API's base URL) where it reaches Alertmanager."""
+    with reached(client) as target:
+        command = [part.replace("{url}", target.url) for part in command]
+        try:
+            code, out, err = engine.exec_with_stdin(target.client, target.container, command, stdin)
+        except docker.errors.APIError as exc:  # the task ended between the look and the exec
+            raise AlertsError(
+                f"Alertmanager's container did not take the request ({exc.explanation or exc}). "
+                "Check `invoke status`, then retry."
+            ) from None
     if code != 0:
         last = (err or out).strip().splitlines()[-1:] or ["no output"]
         raise AlertsError(
@@ -115,7 +153,7 @@ def _run(client: docker.DockerClient, command: Sequence[str], stdin: bytes = b""
 
 def firing(client: docker.DockerClient) -> list[Alert]:
     """Every alert Alertmanager holds now (active first, then silenced or inhibited)."""
-    out = _run(client, ["wget", "-q", "-O", "-", f"{URL}/api/v2/alerts"])
+    out = _run(client, ["wget", "-q", "-O", "-", "{url}/api/v2/alerts"])
     try:
         items = json.loads(out)
     except json.JSONDecodeError:
@@ -132,7 +170,7 @@ def notification_counts(client: docker.DockerClient) -> dict[str, tuple[float, f
     """(requests, failed requests) to each integration (webhook, slack, telegram, email)
     since Alertmanager started, from its own /metrics. Both are counted once a request has
     ended (notify.RetryStage), so a request under way is in neither."""
-    out = _run(client, ["wget", "-q", "-O", "-", f"{URL}/metrics"])
+    out = _run(client, ["wget", "-q", "-O", "-", "{url}/metrics"])
     counts: dict[str, list[float]] = {}
     pattern = re.compile(
         r"^alertmanager_notification_requests_(total|failed_total)\{([^}]*)\}\s+(\S+)$", re.M
@@ -169,7 +207,7 @@ def send_test_alert(client: docker.DockerClient, now: datetime | None = None) ->
         client,
         [
             "wget", "-q", "-O", "-", "--header", "Content-Type: application/json",
-            "--post-file", "/dev/stdin", f"{URL}/api/v2/alerts",
+            "--post-file", "/dev/stdin", "{url}/api/v2/alerts",
         ],
         json.dumps(alert).encode(),
     )  # fmt: skip
@@ -192,7 +230,7 @@ def deliveries(
     """Wait until every receiver's counters moved past `before`, or `timeout` passed."""
     deadline = time.monotonic() + timeout
     while True:
-        now = notification_counts(client)
+        now = notification_counts(client)  # a Reached: one companion for every poll
         outcomes = {}
         for receiver in receivers:
             requests, failed = now.get(receiver.integration, (0.0, 0.0))

@@ -46,7 +46,6 @@ import importlib
 # restore machinery (a PEP 562 module __getattr__; `from infra.backup import X` works alike).
 _EXPORTS: dict[str, str] = {
     "SERVICE_LABEL": "containers",
-    "running_container": "containers",
     "DrillFailed": "drill",
     "DrillResult": "drill",
     "drill_env": "drill",
@@ -185,7 +184,6 @@ __all__ = [
     "restore_shared",
     "run_backup",
     "copy_offsite",
-    "running_container",
     "scale",
     "sha256_file",
     "snapshot_redis",

@@ -1,5 +1,6 @@
-"""Running commands inside a service's task container through the Docker API: exec with
-its output streamed to a file, a private temporary directory, the service's image."""
+"""Running commands inside a service's task container (or a companion that reaches it) through
+the Docker API: exec with its output streamed to a file, a private temporary directory, the
+service's image."""
 
 from __future__ import annotations
 
@@ -13,42 +14,14 @@ from docker.errors import APIError, NotFound
 
 from infra import engine
 from infra.backup.manifest import BackupError
-from infra.catalog import ENVIRONMENTS
-from infra.errors import EngineError
 from infra.settings import Settings
 from infra.swarm.companion import Reach
-from infra.swarm.placement import hostname
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
 LONG_TIMEOUT = 6 * 3600  # a dump or restore may stay silent on the API for a long time
 
 
 # --- containers --------------------------------------------------------------------------
-
-
-def running_container(client: docker.DockerClient, service: str):
-    """The running container of a service's task on this engine. The shared stack's backup
-    uses it (its data must be on this node); an environment's go through
-    swarm.companion.reach, which also reaches a task on another node."""
-    found = client.containers.list(
-        filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"}
-    )
-    if not found:
-        with contextlib.suppress(EngineError):  # not deployed, or no task: as below
-            _, node_id = engine.running_task(client, service)
-            node = hostname(client.nodes.get(node_id))
-            raise BackupError(
-                f"{service} runs on node {node}, not on this engine's node; the shared stack's "
-                f"backup and restore need its data here. Run them with DOCKER_HOST at {node}'s "
-                "engine (a manager)."
-            )
-        stack = service.split("_", 1)[0]
-        deploy = f"deploy.env --name={stack}" if stack in ENVIRONMENTS else f"deploy.{stack}"
-        raise BackupError(
-            f"{service} has no running container on this swarm manager. Deploy it "
-            f"(invoke {deploy}) and check `invoke status`."
-        )
-    return found[0]
 
 
 def put_file(container, directory: str, local: Path, name: str, mode: int) -> None:

@@ -6,6 +6,11 @@ restore.shared gives back. Grafana's and n8n's data directories are copied whole
 running containers (get_archive), each entry's mode and owner recorded; their SQLite
 databases (grafana.db, n8n's database.sqlite) get their write-ahead log folded in and must
 pass integrity_check, or the copy is taken again.
+
+When the shared stack's data node is another node than this engine's, the filer is asked
+from a companion on this node (swarm/companion.py: the store's image, on its networks) at
+tasks.shared_seaweedfs, and the data directories come over the overlay from a job on the
+data node (backup/shared_remote.py); what ends up in the backup is the same.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from pathlib import Path, PurePosixPath
 import docker
 import requests
 
-from infra.backup.containers import _check, _exec, _long_client, _service_image, running_container
+from infra import engine
+from infra.backup import shared_remote
+from infra.backup.containers import _check, _exec, _long_client, _service_image
 from infra.backup.manifest import (
     FORMAT,
     BackupError,
@@ -40,10 +47,21 @@ from infra.backup.manifest import (
     write_manifest,
 )
 from infra.catalog import SHARED
+from infra.errors import EngineError
 from infra.settings import Settings
+from infra.swarm import companion
+from infra.swarm.companion import Reach
 
-FILER = "http://127.0.0.1:8888"  # SeaweedFS's filer, inside its own container
+FILER_PORT = 8888  # SeaweedFS's filer (stacks/shared.yml: it listens on every network)
+FILER = f"http://127.0.0.1:{FILER_PORT}"  # inside the store's own container
 BUCKETS = "/buckets"  # where the filer keeps the S3 buckets
+
+
+def filer_url(store) -> str:
+    """The filer's base URL from where `store` execs: the store's loopback, or its tasks'
+    DNS name from a companion."""
+    host = store.host if isinstance(store, Reach) else ""
+    return f"http://{host}:{FILER_PORT}" if host else FILER
 
 
 # --- backup.shared -----------------------------------------------------------------------
@@ -54,7 +72,7 @@ def _is_dir(entry: dict) -> bool:
 
 
 def _filer_get(client, container, path: str, stdout=None, listing: bool = False):
-    url = FILER + urllib.parse.quote(path)
+    url = filer_url(container) + urllib.parse.quote(path)
     if listing:
         cmd = ["wget", "-qO-", "--header", "Accept: application/json", url]
     else:
@@ -66,7 +84,7 @@ def _filer_list(client, container, directory: str) -> Iterator[dict]:
     last = ""
     while True:
         query = f"?limit=1000&lastFileName={urllib.parse.quote(last)}"
-        url = FILER + urllib.parse.quote(directory.rstrip("/") + "/") + query
+        url = filer_url(container) + urllib.parse.quote(directory.rstrip("/") + "/") + query
         out = _check(
             _exec(
                 client,
@@ -149,29 +167,34 @@ def _member_path(name: str) -> PurePosixPath | None:
 def _extract(stream, destination: Path, directory: str) -> dict[str, dict]:
     """The directory's tar stream (get_archive) unpacked into `destination`, private; returns
     each entry's type, mode and owner ("": the directory itself), what a restore gives back."""
-    entries: dict[str, dict] = {}
     with tempfile.TemporaryFile(dir=destination.parent) as archive:
         for chunk in stream:
             archive.write(chunk)
         archive.seek(0)
-        with tarfile.open(fileobj=archive) as tar:
-            for member in tar:
-                relative = _member_path(member.name)
-                key = relative.as_posix() if relative else ""
-                owner = {"mode": member.mode & 0o7777, "uid": member.uid, "gid": member.gid}
-                if member.isdir():
-                    (destination / key).mkdir(mode=0o700, parents=True, exist_ok=True)
-                    entries[key] = {"type": "dir", **owner}
-                elif member.isfile() and relative is not None:
-                    source = tar.extractfile(member)
-                    if source is None:
-                        raise BackupError(f"{directory}/{key} cannot be read.")
-                    with _private_file(destination / relative) as handle:
-                        shutil.copyfileobj(source, handle)
-                    entries[key] = {"type": "file", **owner}
-                elif member.issym() and relative is not None:
-                    entries[key] = {"type": "link", "target": member.linkname, **owner}
-                # Devices, FIFOs and hard links to them are no data a service keeps.
+        return _extract_archive(archive, destination, directory)
+
+
+def _extract_archive(archive, destination: Path, directory: str) -> dict[str, dict]:
+    """As _extract, from a tar file open for reading."""
+    entries: dict[str, dict] = {}
+    with tarfile.open(fileobj=archive) as tar:
+        for member in tar:
+            relative = _member_path(member.name)
+            key = relative.as_posix() if relative else ""
+            owner = {"mode": member.mode & 0o7777, "uid": member.uid, "gid": member.gid}
+            if member.isdir():
+                (destination / key).mkdir(mode=0o700, parents=True, exist_ok=True)
+                entries[key] = {"type": "dir", **owner}
+            elif member.isfile() and relative is not None:
+                source = tar.extractfile(member)
+                if source is None:
+                    raise BackupError(f"{directory}/{key} cannot be read.")
+                with _private_file(destination / relative) as handle:
+                    shutil.copyfileobj(source, handle)
+                entries[key] = {"type": "file", **owner}
+            elif member.issym() and relative is not None:
+                entries[key] = {"type": "link", "target": member.linkname, **owner}
+            # Devices, FIFOs and hard links to them are no data a service keeps.
     return entries
 
 
@@ -200,19 +223,29 @@ def _check_sqlite(destination: Path, entries: dict[str, dict]) -> dict[str, str]
     return results
 
 
-def copy_data_directory(client, container, part: str, destination: Path, attempts: int = 3) -> dict:
-    """A service's data directory copied from its running container into destination/<part>/,
-    its SQLite databases checked with integrity_check; a copy taken mid-write fails the check
-    and is taken again."""
+def copy_data_directory(
+    client, container, part: str, destination: Path, attempts: int = 3, image: str = ""
+) -> dict:
+    """A service's data directory copied from its running container into destination/<part>/
+    (from its data node when `container` is a shared_remote.RemoteData, with `image` for the
+    transfer), its SQLite databases checked with integrity_check; a copy taken mid-write
+    fails the check and is taken again."""
     directory = DATA_PARTS[part]
     target = destination / part
+    remote = container if isinstance(container, shared_remote.RemoteData) else None
     failed = "not checked"
     for _ in range(attempts):
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(mode=0o700)
         try:
-            stream, _stat = container.get_archive(directory)
-            entries = _extract(stream, target, directory)
+            if remote is not None:
+                with tempfile.TemporaryFile(dir=destination) as archive:
+                    shared_remote.fetch_directory(client, remote, image, archive)
+                    archive.seek(0)
+                    entries = _extract_archive(archive, target, directory)
+            else:
+                stream, _stat = container.get_archive(directory)
+                entries = _extract(stream, target, directory)
         except (docker.errors.APIError, tarfile.TarError, requests.RequestException) as exc:
             failed = f"the copy broke off ({' '.join(str(exc).split())[:200]})"
             continue
@@ -223,18 +256,52 @@ def copy_data_directory(client, container, part: str, destination: Path, attempt
         key, result = sorted(bad.items())[0]
         failed = f"{key} failed SQLite's integrity_check ({result})"
     shutil.rmtree(target, ignore_errors=True)
-    raise BackupError(f"{part}'s data in {container.name}: {failed}. Run the backup again.")
+    where = remote.where if remote is not None else container.name
+    raise BackupError(f"{part}'s data in {where}: {failed}. Run the backup again.")
 
 
-def shared_containers(settings: Settings, client) -> dict[str, object]:
-    """Each part's running container, or (a str) why it is skipped. Raises, before anything
-    is written, when no part runs."""
+def transfer_image(settings: Settings) -> str:
+    """The image of the transfer's job and companion (shared_remote.py): the Postgres image,
+    as the deploy's directory jobs."""
+    image = settings.images.get("POSTGRES_IMAGE", "")
+    if not image:
+        raise BackupError(
+            "POSTGRES_IMAGE is not set, and the copy of shared's data from its data node "
+            "runs in that image. Set it in stacks/images.env (or IMAGES_FILE), then retry."
+        )
+    return image
+
+
+def _reach_part(client, stack: contextlib.ExitStack, service: str):
+    """Where a part's data is read: the store through its task here or a companion (kept
+    open on `stack`); Grafana's and n8n's task container here, or their data node. None
+    when the service has no running task."""
+    name = f"{SHARED}_{service}"
+    try:
+        container_id, _ = engine.running_task(client, name)
+    except EngineError:  # not deployed, or no task: skipped
+        return None
+    if service == "seaweedfs":
+        return stack.enter_context(companion.reach(client, name))
+    if container_id:
+        return client.containers.get(container_id)
+    return shared_remote.remote_data(client, name, DATA_PARTS[service])
+
+
+def shared_containers(
+    settings: Settings, client, stack: contextlib.ExitStack | None = None
+) -> dict[str, object]:
+    """Each part's container (a Reach for the store, a RemoteData for a directory on another
+    node), or (a str) why it is skipped. Raises, before anything is written, when no part
+    runs. Companions started here live until `stack` closes."""
+    stack = stack if stack is not None else contextlib.ExitStack()
     found: dict[str, object] = {}
     for service in SHARED_PARTS:
         name = f"{SHARED}_{service}"
-        try:
-            found[service] = running_container(client, name)
-        except BackupError:
+        part = _reach_part(client, stack, service)
+        if part is not None:
+            found[service] = part
+        else:
             why = (
                 "left out by DISABLED_SERVICES"
                 if name in settings.disabled_services
@@ -259,7 +326,12 @@ def backup_shared(
     """Back up the object store's buckets (with each object's content type and metadata) and
     Grafana's and n8n's data directories into BACKUP_ROOT/shared/<time>/."""
     client = _long_client(settings, client)
-    containers = shared_containers(settings, client)
+    with contextlib.ExitStack() as stack:
+        return _backup_shared(settings, report, client, label, note, stack)
+
+
+def _backup_shared(settings, report, client, label, note, stack) -> BackupResult:
+    containers = shared_containers(settings, client, stack)
     parent = settings.backups / SHARED
     partial = _partial_dir(parent)
     notes: list[str] = []
@@ -282,14 +354,20 @@ def backup_shared(
                 continue
             manifest["images"][service] = _service_image(client, name)
             if service == "seaweedfs":
+                if container.remote:
+                    report(f"backup shared: {name} runs on another node; read through a "
+                           "helper container on this node")  # fmt: skip
                 manifest["s3"] = {"buckets": export_buckets(client, container, partial, report)}
             else:
-                data = copy_data_directory(client, container, service, partial)
+                remote = isinstance(container, shared_remote.RemoteData)
+                image = transfer_image(settings) if remote else ""
+                data = copy_data_directory(client, container, service, partial, image=image)
                 manifest.setdefault("data", {})[service] = data
                 checked = ", ".join(sorted(data["sqlite"])) or "no SQLite database"
+                source = f" from {container.where}" if remote else ""
                 report(
-                    f"backup shared: {service}'s data copied ({len(data['entries'])} entries; "
-                    f"integrity_check ok: {checked})"
+                    f"backup shared: {service}'s data copied{source} "
+                    f"({len(data['entries'])} entries; integrity_check ok: {checked})"
                 )
         for file in sorted(p for p in partial.rglob("*") if p.is_file()):
             manifest["files"][file.relative_to(partial).as_posix()] = file_entry(file)

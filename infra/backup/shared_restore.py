@@ -16,6 +16,12 @@ stack's current data is saved as a backup of its own (<time>-before-restore), an
   directories moved aside to DATA_ROOT/shared/<service>.before-restore-<time>/, the backup's
   files put in their place with the modes and owners the backup recorded, and the services
   started again.
+
+When the shared stack's data node is another node than this engine's, the S3 uploads and
+`weed shell` run in a companion on this node (swarm/companion.py: the store's image, on its
+networks) against tasks.shared_seaweedfs, and each data directory is replaced on its node by a
+job that unpacks the backup's files sent over the overlay (backup/shared_remote.py), the old
+directory moved aside there and put back if a step fails.
 """
 
 from __future__ import annotations
@@ -34,20 +40,36 @@ from secrets import token_hex
 import docker
 from docker.errors import NotFound
 
-from infra import converge, secrets
-from infra.backup.containers import _check, _ContainerDir, _long_client, running_container
+from infra import converge, engine, secrets
+from infra.backup import shared_remote
+from infra.backup.containers import _check, _ContainerDir, _long_client
 from infra.backup.manifest import BackupError, Report, stamp, validate
+from infra.backup.redis_remote import _wait_stopped
 from infra.backup.restore import _wait_no_containers, scale
-from infra.backup.shared import BUCKETS, DATA_PARTS, _filer_list, _is_dir, _walk, backup_shared
+from infra.backup.shared import (
+    BUCKETS,
+    DATA_PARTS,
+    _filer_list,
+    _is_dir,
+    _walk,
+    backup_shared,
+    transfer_image,
+)
 from infra.catalog import SHARED
+from infra.errors import EngineError
 from infra.settings import Settings
+from infra.swarm import companion
+from infra.swarm.companion import Reach
+from infra.swarm.placement import hostname
 
 # The object's metadata a restore puts back, by its name among the filer's extended
 # attributes: user metadata (X-Amz-Meta-*) and three plain HTTP headers, each an S3 POST form
 # field. The store's own attributes (Seaweed-X-Amz-ETag, -Owner, checksums) it makes anew.
 _USER_METADATA = "X-Amz-Meta-"
 _HTTP_FIELDS = ("Cache-Control", "Content-Disposition", "Expires")
-S3_API = "http://127.0.0.1:8333"  # SeaweedFS's S3 API, inside its own container (-s3.port)
+S3_PORT = 8333  # SeaweedFS's S3 API (-s3.port)
+S3_API = f"http://127.0.0.1:{S3_PORT}"  # inside the store's own container
+MASTER_PORT = 9333  # SeaweedFS's master (weed server's default)
 _POST_EXPIRES = 900  # seconds a signed upload form stays valid
 _CREATE_BUCKET = 'echo "s3.bucket.create -name $1" | weed shell'  # the name is an argument
 # S3's bucket naming rules: what a backup names must be one before it reaches a shell.
@@ -61,7 +83,7 @@ class SharedRestoreResult:
     buckets: int = 0
     objects: int = 0
     directories: list[str] = field(default_factory=list)
-    moved_aside: list[tuple[str, Path]] = field(default_factory=list)
+    moved_aside: list[tuple[str, Path | str]] = field(default_factory=list)
 
 
 def refuse_without_yes(yes: bool, source: Path) -> None:
@@ -86,9 +108,10 @@ def restore_shared(
     buckets, parts = check_backup(settings, source, yes)
     keys = _s3_keys(settings) if buckets else None
     client = _long_client(settings, client)
-    store = running_container(client, f"{SHARED}_seaweedfs") if buckets else None
-    for part, data in parts.items():
-        _check_part(settings, client, part, data)
+    if buckets:
+        _require_running(client, f"{SHARED}_seaweedfs")
+    remotes = {part: _check_part(settings, client, part, data) for part, data in parts.items()}
+    image = transfer_image(settings) if any(remotes.values()) else ""
     report(f"restore shared: backup {source} is complete and readable")
 
     safety = backup_shared(
@@ -102,10 +125,19 @@ def restore_shared(
     result = SharedRestoreResult(source=source, safety_backup=safety.path)
 
     if buckets:
-        result.objects = restore_objects(client, store, source, buckets, keys, report)
+        with companion.reach(client, f"{SHARED}_seaweedfs") as store:
+            if store.remote:
+                report(f"restore shared: {SHARED}_seaweedfs runs on another node; written "
+                       "through a helper container on this node")  # fmt: skip
+            result.objects = restore_objects(client, store, source, buckets, keys, report)
         result.buckets = len(buckets)
     for part, data in parts.items():
-        moved = restore_directory(settings, client, part, source, data, report, timeout)
+        remote = remotes[part]
+        if remote is not None:
+            moved = restore_directory_remote(client, part, remote, image, source, data, report,
+                                             timeout)  # fmt: skip
+        else:
+            moved = restore_directory(settings, client, part, source, data, report, timeout)
         result.directories.append(part)
         result.moved_aside.append((part, moved))
     if parts:
@@ -145,7 +177,18 @@ def _data_dir(settings: Settings, part: str) -> Path:
     return settings.data_root / SHARED / part
 
 
-def _check_part(settings: Settings, client, part: str, data: dict) -> None:
+def _require_running(client, service: str) -> None:
+    try:
+        engine.running_task(client, service)
+    except EngineError as exc:
+        raise BackupError(str(exc)) from None
+
+
+def _check_part(
+    settings: Settings, client, part: str, data: dict
+) -> shared_remote.RemoteData | None:
+    """The part's service is deployed and its data directory is where the restore can
+    write it: here, or on its data node (returned) when its task runs on another node."""
     service = f"{SHARED}_{part}"
     try:
         client.services.get(service)
@@ -154,6 +197,10 @@ def _check_part(settings: Settings, client, part: str, data: dict) -> None:
             f"the backup holds {part}'s data but {service} is not deployed. Deploy the shared "
             "stack (invoke deploy.shared), then restore."
         ) from None
+    _require_running(client, service)
+    remote = shared_remote.remote_data(client, service, DATA_PARTS[part])
+    if remote is not None:
+        return remote  # the job on its node checks the directory and runs as root there
     directory = _data_dir(settings, part)
     if not directory.is_dir():
         raise BackupError(
@@ -166,6 +213,7 @@ def _check_part(settings: Settings, client, part: str, data: dict) -> None:
             f"{part}'s files belong to uid {', '.join(map(str, sorted(owners)))}, which only "
             "root can give them back. Run the restore as root."
         )
+    return None
 
 
 # --- objects -----------------------------------------------------------------------------
@@ -214,9 +262,24 @@ def _s3_keys(settings: Settings) -> tuple[str, str]:
     return values["s3_access_key"], values["s3_secret_key"]
 
 
+def s3_url(store) -> str:
+    """The S3 API's base URL from where `store` execs (its loopback, or its tasks' name)."""
+    host = store.host if isinstance(store, Reach) else ""
+    return f"http://{host}:{S3_PORT}" if host else S3_API
+
+
+def at_base(url: str, base: str) -> str:
+    """A signed form's URL (made for S3_API) at the address the upload runs against."""
+    if not url.startswith(S3_API):
+        raise BackupError(f"the signed upload form points at {url}, not at the object store.")
+    return base + url[len(S3_API) :]
+
+
 def _signer(keys: tuple[str, str]):
     """An S3 client for the store's API as seen inside its container; it only signs forms
-    here (no request leaves this process)."""
+    here (no request leaves this process). botocore refuses a host name with an underscore
+    (tasks.shared_seaweedfs), so forms are always signed for the loopback address and
+    at_base() moves them: a POST form's signature covers its policy, not the host."""
     import boto3  # noqa: PLC0415 - only a restore pays for the import
     from botocore.config import Config  # noqa: PLC0415
 
@@ -271,7 +334,16 @@ def _ensure_buckets(client, store, buckets: dict) -> None:
         for entry in _filer_list(client, store, BUCKETS)
         if _is_dir(entry)
     }
-    for bucket in sorted(set(buckets) - present):
+    missing = sorted(set(buckets) - present)
+    if missing and isinstance(store, Reach) and store.remote:
+        # `weed shell` in a companion follows the master's own address (127.0.0.1 in the
+        # store's container) and never connects; not made another way yet.
+        raise BackupError(
+            f"bucket {missing[0]} of the backup is no longer in the object store, and a "
+            f"bucket cannot be made from another node than {SHARED}_seaweedfs's. Make it "
+            "(e.g. with any S3 client through s3.<domain>), then run the restore again."
+        )
+    for bucket in missing:
         _check(
             _exec_as_root(client, store, ["sh", "-c", _CREATE_BUCKET, "sh", bucket]),
             f"making bucket {bucket} in the object store",
@@ -285,6 +357,7 @@ def restore_objects(
     listing (MD5, content type, metadata) with the backup's."""
     count = 0
     signer = _signer(keys)
+    base = s3_url(store)
     _ensure_buckets(client, store, buckets)
     with _ContainerDir(client, store) as workdir, tempfile.TemporaryDirectory() as scratch:
         body = Path(scratch) / "object"
@@ -300,6 +373,7 @@ def restore_objects(
                     ExpiresIn=_POST_EXPIRES,
                 )
                 content_type, url = upload_form(signed, source / entry["file"], body)
+                url = at_base(url, base)
                 inside = workdir.put(body, "object")
                 command = ["wget", "-q", "-O", "/dev/null", "--header"]
                 _check(
@@ -380,6 +454,41 @@ def restore_directory(
         report(f"restore shared: starting {service}")
         scale(client, service, replicas)
     return moved_aside
+
+
+def restore_directory_remote(
+    client,
+    part: str,
+    remote: shared_remote.RemoteData,
+    image: str,
+    source: Path,
+    data: dict,
+    report: Report,
+    timeout: float,
+) -> str:
+    """As restore_directory, for a data directory on another node: the backup's entries go
+    there as a tar (modes and owners recorded in it) and a job unpacks it in place of the
+    moved-aside directory. Returns where the previous data went, on which node."""
+    service = f"{SHARED}_{part}"
+    parent = remote.directory.rstrip("/").rsplit("/", 1)[0]
+    name = remote.directory.rstrip("/").rsplit("/", 1)[1]
+    aside = f"{parent}/{part}.before-restore-{stamp()}"
+    where = f"{aside} on node {hostname(remote.node)}"
+    replicas = client.api.inspect_service(service)["Spec"]["Mode"]["Replicated"]["Replicas"]
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = Path(scratch) / f"{part}.tar"
+        digest = shared_remote.write_archive(archive, name, source / part, data["entries"])
+        report(f"restore shared: stopping {service} (on node "
+               f"{hostname(remote.node)})")  # fmt: skip
+        scale(client, service, 0)
+        try:
+            _wait_stopped(client, service, timeout)
+            shared_remote.replace_directory(client, remote, image, archive, digest, aside, report)
+            report(f"restore shared: previous {part} data moved to {where}")
+        finally:
+            report(f"restore shared: starting {service}")
+            scale(client, service, replicas)
+    return where
 
 
 def _write_entries(directory: Path, files: Path, entries: dict[str, dict]) -> None:

@@ -179,13 +179,40 @@ def reach(
     if container_id:
         yield Reach(service, client.containers.get(container_id))
         return
-    remove_leftovers(client)
     spec = companion_spec(
         service, client.api.inspect_service(service)["Spec"], node_id_here(client)
     )
+    with _started(client, spec, service, timeout) as container:
+        yield Reach(service, container, host=service_host(service), companion=spec["name"])
+
+
+@contextlib.contextmanager
+def pinned(
+    client: docker.DockerClient,
+    service: str,
+    image: str,
+    networks: list[str],
+    timeout: float = START_TIMEOUT,
+) -> Iterator[Reach]:
+    """A companion on this node for work on `service` with another image than its own (one
+    with the tools the work needs), on `networks`, with no secret; removed on exit. Other
+    nodes reach it at tasks.<its name> (Reach.companion)."""
+    target = {
+        "TaskTemplate": {
+            "ContainerSpec": {"Image": image},
+            "Networks": [{"Target": network} for network in networks],
+        }
+    }
+    spec = companion_spec(service, target, node_id_here(client))
+    with _started(client, spec, service, timeout) as container:
+        yield Reach(service, container, host=service_host(service), companion=spec["name"])
+
+
+@contextlib.contextmanager
+def _started(client: docker.DockerClient, spec: dict, service: str, timeout: float):
+    remove_leftovers(client)
     client.services.create(**spec)
     try:
-        container = _wait_running(client, spec["name"], service, timeout)
-        yield Reach(service, container, host=service_host(service), companion=spec["name"])
+        yield _wait_running(client, spec["name"], service, timeout)
     finally:
         remove_service_quietly(client, spec["name"])

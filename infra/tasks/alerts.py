@@ -46,11 +46,12 @@ def test(c, timeout="0"):
     engine.require_manager(client)
     if not api.deployed(client):
         raise api.not_deployed()
-    before = api.notification_counts(client)
-    marker = api.send_test_alert(client)
-    wait = seconds or receivers.seconds(config.get("ALERT_GROUP_WAIT") or "30s") + 60
-    print(f"test alert sent (instance=invoke-alerts-test-{marker}); waiting for the receivers")
-    results = api.deliveries(client, configured, before, timeout=wait)
+    with api.reached(client) as alertmanager:  # one companion for the whole test
+        before = api.notification_counts(alertmanager)
+        marker = api.send_test_alert(alertmanager)
+        wait = seconds or receivers.seconds(config.get("ALERT_GROUP_WAIT") or "30s") + 60
+        print(f"test alert sent (instance=invoke-alerts-test-{marker}); waiting for the receivers")
+        results = api.deliveries(alertmanager, configured, before, timeout=wait)
     for delivery in results:
         print(f"  {delivery.receiver.label:<10} {delivery.outcome}")
     failed = [d for d in results if d.outcome != "delivered"]

@@ -385,10 +385,19 @@ def platform(request) -> Platform:
         swarm.start(images=refs)
         if len(swarm.nodes) > 1:
             # As an operator of a bigger swarm does first (`invoke swarm.label`): the manager
-            # holds every target's data; a deploy refuses while no node is labelled.
+            # holds the environments' data; a deploy refuses while no node is labelled.
+            # Shared's is on a worker from the start (before any module deploys shared), so
+            # test_swarm.py runs its backup, restore and alerts from the manager against a
+            # data node that is not the engine's; prod's joins it there (test_swarm.py),
+            # leaving the other worker free of data for the node-loss tests.
             manager = swarm.manager.client
             here = manager.nodes.get(manager.info()["Swarm"]["NodeID"])
-            placement.set_labels(manager, here, DATA_TARGETS)
+            workers = [n for n in manager.nodes.list() if n.attrs["Spec"]["Role"] == "worker"]
+            placement.set_labels(
+                manager, here, [t for t in DATA_TARGETS if t != "shared" or not workers]
+            )
+            if workers:
+                placement.set_labels(manager, workers[-1], ["shared"])
         settings, _ = swarm_settings(swarm, images, workdir)
         print(
             f"acceptance: swarm of {len(swarm.nodes)} node(s), manager {swarm.manager.engine_url}"

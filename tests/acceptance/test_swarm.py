@@ -1,16 +1,20 @@
 """The swarm's nodes: data placed by label, swarm.status and its quorum, join tokens, drain.
 
 On the suite's one-node swarm the first deploy labels the only node; with `--nodes=3`
-(`nox -s acceptance_nodes`) the manager holds every target's data (conftest labels it, as an
-operator would) and prod's is moved to a worker before prod is first deployed, so Postgres
-must land there. A worker is lost and comes back with no row, key or object lost; then both
-workers are promoted for the three-manager variant, which loses one manager and keeps working.
+(`nox -s acceptance_nodes`) the manager holds the environments' data and a worker shared's
+(conftest labels them, as an operator would), and prod's is moved to that worker before prod
+is first deployed, so Postgres must land there. Backups, restores, a rotation and the alerts
+run from the manager against those tasks on the worker. A worker is lost and comes back with
+no row, key or object lost; then both workers are promoted for the three-manager variant,
+which loses one manager and keeps working.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import stat
+import time
 import uuid
 
 import pytest
@@ -18,8 +22,9 @@ import redis
 
 from infra import converge, engine
 from infra.catalog import DATA_TARGETS, ENVIRONMENTS, data_label
-from infra.swarm import companion, placement
+from infra.swarm import companion, datadirs, placement
 from tests.acceptance.test_backup import _connect
+from tests.acceptance.test_backup_offsite import OBJECTS, PROBE, _object_state, _remove_moved_aside
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +111,8 @@ def test_prod_deployed_with_its_data_on_a_worker_runs_there(platform):
         pytest.skip("needs a worker node: run with --nodes=3 (nox -s acceptance_nodes)")
     if "prod" in platform.deployed:
         pytest.skip("prod was deployed earlier in this session: its data cannot move")
-    worker = workers[-1]  # the last to join
+    # With shared's data (conftest), so the other worker holds none for the node-loss tests.
+    worker = next((n for n in workers if "shared" in placement.held_targets(n)), workers[-1])
     manager = next(n for n in platform.client.nodes.list() if "prod" in placement.held_targets(n))
     placement.set_labels(platform.client, manager, ["prod"], remove=True)
     placement.set_labels(platform.client, worker, ["prod"])
@@ -294,6 +300,139 @@ def test_rotating_prods_postgres_password_on_a_worker_works(prod_on_worker):
         environment={"PGPASSWORD": old},
     )  # fmt: skip
     assert code != 0 and b"password authentication failed" in out, out
+    _no_companion_left(platform)
+
+
+# --- the shared stack's data on a worker, backed up, restored and asked from the manager ---
+
+
+@pytest.fixture(scope="module")
+def shared_on_worker(platform):
+    """The shared stack with its data on a worker (conftest labels it before the first
+    deploy); skips on one node."""
+    platform.require("TRAEFIK_IMAGE")
+    platform.require("SEAWEEDFS_IMAGE")
+    platform.deploy("core")
+    platform.deploy("shared")
+    here = platform.client.info()["Swarm"]["NodeID"]
+    if _node_of(platform, "shared_seaweedfs") == here:
+        pytest.skip("needs shared's data on another node than the manager: --nodes=3")
+    return platform
+
+
+def _no_transfer_left(platform) -> None:
+    _no_companion_left(platform)
+    left = platform.client.services.list(filters={"label": datadirs.JOB_LABEL})
+    assert not left, [s.name for s in left]
+
+
+@pytest.fixture(scope="module")
+def shared_remote_round_trip(shared_on_worker, tmp_path_factory):
+    """Objects and a file in n8n's data backed up from the manager, both changed, then
+    restore.shared --yes from the manager; the time it took is printed."""
+    platform = shared_on_worker
+    started = time.monotonic()
+    s3 = platform.s3()
+    bucket = f"remote-{uuid.uuid4().hex[:8]}"
+    platform.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
+    for key, (body, content_type, metadata) in OBJECTS.items():
+        extra = {"ContentType": content_type} if content_type else {}
+        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata, **extra)
+    # DATA_ROOT is the same host directory in every dind node: this is the worker's n8n data.
+    n8n_data = platform.settings.data_root / "shared" / "n8n"
+    n8n = platform.images["N8N_IMAGE"].ref is not None
+    probe = os.urandom(64)
+    if n8n:
+        (n8n_data / PROBE).write_bytes(probe)
+        os.chown(n8n_data / PROBE, 1000, 1000)
+        (n8n_data / PROBE).chmod(0o640)
+    before = _object_state(s3, bucket)
+    root = tmp_path_factory.mktemp("shared-remote-backups")
+    made = platform.invoke("backup.shared", BACKUP_ROOT=str(root))
+    assert made.returncode == 0, made.stdout + made.stderr
+    (source,) = sorted((root / "shared").iterdir())
+
+    s3.put_object(Bucket=bucket, Key="reports/2026/summary.csv", Body=b"changed", Metadata={})
+    s3.delete_object(Bucket=bucket, Key="images/probe.bin")
+    if n8n:
+        (n8n_data / PROBE).write_bytes(b"changed after the backup")
+        (n8n_data / PROBE).chmod(0o666)
+        (n8n_data / "after-backup.txt").write_text("not in the backup")
+    assert _object_state(s3, bucket) != before
+    shared_data = set(n8n_data.parent.iterdir())
+    restored = platform.invoke("restore.shared", f"--from={source}", "--yes", BACKUP_ROOT=str(root))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    print(made.stdout, restored.stdout, sep="\n")
+    took = time.monotonic() - started
+    print(f"acceptance: shared backup and restore across nodes in {took:.0f} s")
+    yield {
+        "bucket": bucket,
+        "before": before,
+        "source": source,
+        "probe": probe,
+        "n8n": n8n,
+        "backup_output": made.stdout,
+        "restore_output": restored.stdout,
+        "aside": set(n8n_data.parent.iterdir()) - shared_data,
+    }
+    _remove_moved_aside(set(n8n_data.parent.iterdir()) - shared_data)
+    (n8n_data / PROBE).unlink(missing_ok=True)
+
+
+def test_shared_backup_from_the_manager_reads_the_worker_and_is_verified(shared_remote_round_trip):
+    trip = shared_remote_round_trip
+    output = trip["backup_output"]
+    assert "shared_seaweedfs runs on another node" in output, output
+    manifest = json.loads((trip["source"] / "manifest.json").read_text())
+    assert set(manifest["s3"]["buckets"][trip["bucket"]]["objects"]) == set(OBJECTS)
+    if trip["n8n"]:
+        assert "n8n's data copied from" in output and "on node" in output, output
+        entry = manifest["data"]["n8n"]["entries"][PROBE]
+        assert (entry["uid"], entry["gid"], entry["mode"]) == (1000, 1000, 0o640)
+        assert (trip["source"] / "n8n" / PROBE).read_bytes() == trip["probe"]
+        assert manifest["data"]["n8n"]["sqlite"]["database.sqlite"] == "ok"
+
+
+def test_restore_shared_from_the_manager_gives_the_objects_back(
+    shared_on_worker, shared_remote_round_trip
+):
+    trip = shared_remote_round_trip
+    s3 = shared_on_worker.s3()
+    assert _object_state(s3, trip["bucket"]) == trip["before"]
+    _no_transfer_left(shared_on_worker)
+
+
+def test_restore_shared_from_the_manager_gives_n8ns_files_back_and_n8n_runs(
+    shared_on_worker, shared_remote_round_trip
+):
+    platform = shared_on_worker
+    platform.require("N8N_IMAGE")
+    trip = shared_remote_round_trip
+    data = platform.settings.data_root / "shared" / "n8n"
+    probe = data / PROBE
+    assert probe.read_bytes() == trip["probe"]
+    info = probe.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1000, 1000, 0o640)
+    assert not (data / "after-backup.txt").exists()
+    (aside,) = [p for p in trip["aside"] if p.name.startswith("n8n.before-restore-")]
+    assert (aside / "after-backup.txt").read_text() == "not in the backup"
+    node = placement.hostname(platform.client.nodes.get(_node_of(platform, "shared_n8n")))
+    assert f"{aside} on node {node}" in trip["restore_output"], trip["restore_output"]
+    platform.wait_for(
+        lambda: platform.web("n8n.localhost", "/healthz").status_code == 200,
+        timeout=120,
+        what="n8n /healthz after the restore",
+    )
+
+
+def test_alerts_answer_from_the_manager_with_alertmanager_on_the_worker(shared_on_worker):
+    platform = shared_on_worker
+    platform.require("ALERTMANAGER_IMAGE")
+    here = platform.client.info()["Swarm"]["NodeID"]
+    assert _node_of(platform, "shared_alertmanager") != here
+    result = platform.invoke("alerts")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("alerts: "), result.stdout
     _no_companion_left(platform)
 
 

@@ -240,7 +240,6 @@ def test_a_container_gone_between_the_look_and_the_exec_is_one_line(monkeypatch)
     def gone(*args, **kwargs):
         raise docker.errors.APIError("409 Conflict", explanation="container is not running")
 
-    monkeypatch.setattr(engine, "running_container", lambda client, service: "abc")
     monkeypatch.setattr(engine, "exec_with_stdin", gone)
     with pytest.raises(AlertsError, match="did not take the request .container is not running"):
-        api.firing(client=None)
+        api.firing(api.Reached(client=None, container="abc", url=api.URL))

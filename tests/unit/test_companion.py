@@ -132,22 +132,3 @@ def test_the_job_puts_the_old_directory_back_only_once_it_was_moved():
     script = redis_remote._MOVE_AND_FETCH
     assert script.index('mv "$d" "$aside"') < script.index("trap ")
     assert "set -e" in script.split(";")[0]
-
-
-def test_shared_backup_of_a_service_on_another_node_is_refused_naming_the_node(monkeypatch):
-    from types import SimpleNamespace
-
-    from infra import engine
-    from infra.backup import containers
-
-    node = SimpleNamespace(attrs={"ID": "n2", "Description": {"Hostname": "node-2"}})
-    client = SimpleNamespace(
-        containers=SimpleNamespace(list=lambda **_: []),
-        nodes=SimpleNamespace(get=lambda _: node),
-    )
-    monkeypatch.setattr(engine, "running_task", lambda client, service: ("", "n2"))
-    with pytest.raises(BackupError) as raised:
-        containers.running_container(client, "shared_seaweedfs")
-    message = str(raised.value)
-    assert message.startswith("shared_seaweedfs runs on node node-2, not on this engine's node")
-    assert "\n" not in message
