@@ -2,7 +2,7 @@
 Docker secrets contain.
 
 secrets.yml is a flat mapping `<key>: <value>`, written once with mode 0600 and never rewritten
-(DESIGN decision 7) except by an explicit rotation (`rewrite_keys`, used by infra/rotate/__init__.py).
+(DESIGN decision 7) except by an explicit rotation (`rewrite_keys`, used by infra/rotate).
 Docker secrets are derived from it (and from two `.env` tokens) by the renderers in
 DOCKER_SECRETS; their names carry a hash of their content (DESIGN decision 2).
 """

@@ -2,8 +2,9 @@
 
 ROTATABLE (keys.py) is the one table of keys that can be rotated and how a new value takes
 effect; READ_ONLY says why the others cannot. pending.py keeps the record of step 1, live.py
-talks to the running services (steps 2 and 5); this module runs the steps. A rotation runs six steps, each idempotent, so an
-interrupted rotation is finished by running the same command again:
+talks to the running services (steps 2 and 5); this module runs the steps. A rotation runs
+six steps, each idempotent, so an interrupted rotation is finished by running the same
+command again:
 
 1. pending   a new value is made and kept in `secrets.rotating.yml` (0600, next to
              secrets.yml) BEFORE anything live changes, with the value it replaces. A re-run
