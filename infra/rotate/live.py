@@ -81,8 +81,8 @@ class Services:
     def _exec(
         self, service: str, command: list[str], stdin: str, reached=None
     ) -> tuple[int, str, str]:
-        # Grafana's and n8n's checks read their own files and loopback ports: their task
-        # must be on this engine's node (engine.running_container refuses otherwise).
+        # Grafana's reset and check read its own files and loopback port: its task must be
+        # on this engine's node (engine.running_container refuses otherwise).
         container = reached.id if reached else engine.running_container(self.client, service)
         return engine.exec_with_stdin(self.client, container, command, stdin.encode())
 
@@ -145,17 +145,20 @@ class Services:
         raise EngineError(f"shared_grafana did not answer: {_first_line(err or out, code)}")
 
     def n8n_accepts(self, email: str, password: str) -> bool:
-        # node reads the credentials from stdin and posts them to n8n's REST login.
+        # node reads the credentials from stdin and posts them to n8n's REST login: on its own
+        # task's loopback, or from a companion to tasks.shared_n8n when n8n runs elsewhere.
+        reached = self.reach("shared_n8n")
+        url = f"http://{reached.host or '127.0.0.1'}:5678/rest/login"
         script = (
             "let body = '';"
             "process.stdin.on('data', c => body += c).on('end', () =>"
-            " fetch('http://127.0.0.1:5678/rest/login', {method: 'POST',"
+            f" fetch({json.dumps(url)}, {{method: 'POST',"
             " headers: {'content-type': 'application/json'}, body})"
             ".then(r => console.log(r.status),"
             " e => { console.error(String(e)); process.exit(1); }))"
         )
         body = json.dumps({"emailOrLdapLoginId": email, "password": password})
-        code, out, err = self._exec("shared_n8n", ["node", "-e", script], body)
+        code, out, err = self._exec("shared_n8n", ["node", "-e", script], body, reached)
         if out.strip() == "200":
             return True
         if out.strip() == "401":

@@ -434,5 +434,13 @@ def test_n8n_password_is_checked_by_a_login_with_the_credentials_on_stdin():
     assert not services.n8n_accepts("owner@example.test", "another-password")
     service, command, stdin = services.execs[0]
     assert service == "shared_n8n" and command[:2] == ["node", "-e"]
-    assert "/rest/login" in command[2]
+    assert '"http://127.0.0.1:5678/rest/login"' in command[2]
     assert not any("the-password" in arg or "owner@" in arg for arg in command)
+
+
+def test_n8n_on_another_node_is_checked_from_a_companion_through_tasks_dns():
+    services = FakeN8n("unused")
+    services.remote["shared_n8n"] = "tasks.shared_n8n"
+    assert services.n8n_accepts("owner@example.test", "the-password")
+    _, command, _ = services.execs[0]
+    assert '"http://tasks.shared_n8n:5678/rest/login"' in command[2]
