@@ -406,19 +406,31 @@ def _tables(path: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-@pytest.fixture(scope="module")
-def shared_round_trip(platform, tmp_path_factory):
-    """Objects and a file in n8n's data backed up, both changed, then restore.shared."""
-    platform.require("TRAEFIK_IMAGE")
-    platform.require("SEAWEEDFS_IMAGE")
-    platform.deploy("core")
-    platform.deploy("shared")
+@dataclass
+class Seeded:
+    """A bucket of OBJECTS and a probe file in n8n's data, backed up by backup.shared."""
+
+    s3: object
+    bucket: str
+    n8n_data: Path
+    n8n: bool  # n8n has an image here, so its data directory is in the round trip
+    probe: bytes
+    before: dict
+    made: object  # the backup's completed process
+    root: Path  # BACKUP_ROOT
+    source: Path  # the backup
+
+
+def seed_and_back_up(platform, prefix: str, root: Path) -> Seeded:
+    """Objects with their types and metadata, and a probe file owned 1000:1000 with mode 0640
+    in n8n's data directory, then backup.shared into `root`."""
     s3 = platform.s3()
-    bucket = f"restore-{uuid.uuid4().hex[:8]}"
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
     platform.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
     for key, (body, content_type, metadata) in OBJECTS.items():
         extra = {"ContentType": content_type} if content_type else {}
         s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata, **extra)
+    # DATA_ROOT is the same host directory in every dind node, whichever holds shared's data.
     n8n_data = platform.settings.data_root / "shared" / "n8n"
     n8n = platform.images["N8N_IMAGE"].ref is not None
     probe = os.urandom(64)
@@ -427,15 +439,38 @@ def shared_round_trip(platform, tmp_path_factory):
         os.chown(n8n_data / PROBE, 1000, 1000)
         (n8n_data / PROBE).chmod(0o640)
     before = _object_state(s3, bucket)
-
-    root = tmp_path_factory.mktemp("shared-backups")
     made = platform.invoke("backup.shared", BACKUP_ROOT=str(root))
     assert made.returncode == 0, made.stdout + made.stderr
     (source,) = sorted((root / "shared").iterdir())
+    return Seeded(s3, bucket, n8n_data, n8n, probe, before, made, root, source)
 
-    # What happens after the backup, which the restore must undo.
+
+def change_after_backup(seeded: Seeded) -> None:
+    """What the restore must undo: an object changed, one deleted, the probe file's bytes and
+    mode changed and a file added next to it."""
+    s3, bucket = seeded.s3, seeded.bucket
     s3.put_object(Bucket=bucket, Key="reports/2026/summary.csv", Body=b"changed", Metadata={})
     s3.delete_object(Bucket=bucket, Key="images/probe.bin")
+    if seeded.n8n:
+        (seeded.n8n_data / PROBE).write_bytes(b"changed after the backup")
+        (seeded.n8n_data / PROBE).chmod(0o666)
+        (seeded.n8n_data / "after-backup.txt").write_text("not in the backup")
+
+
+@pytest.fixture(scope="module")
+def shared_round_trip(platform, tmp_path_factory):
+    """Objects and a file in n8n's data backed up, both changed, then restore.shared."""
+    platform.require("TRAEFIK_IMAGE")
+    platform.require("SEAWEEDFS_IMAGE")
+    platform.deploy("core")
+    platform.deploy("shared")
+    seeded = seed_and_back_up(platform, "restore", tmp_path_factory.mktemp("shared-backups"))
+    s3, bucket, n8n_data, n8n = seeded.s3, seeded.bucket, seeded.n8n_data, seeded.n8n
+    before, made, source, root, probe = (
+        seeded.before, seeded.made, seeded.source, seeded.root, seeded.probe
+    )  # fmt: skip
+    # What happens after the backup, which the restore must undo.
+    change_after_backup(seeded)
     s3.put_object(  # the same bytes, another type and metadata
         Bucket=bucket,
         Key="plain.txt",
@@ -443,10 +478,6 @@ def shared_round_trip(platform, tmp_path_factory):
         ContentType="text/changed",
         Metadata={"changed": "yes"},
     )
-    if n8n:
-        (n8n_data / PROBE).write_bytes(b"changed after the backup")
-        (n8n_data / PROBE).chmod(0o666)
-        (n8n_data / "after-backup.txt").write_text("not in the backup")
     changed = _object_state(s3, bucket)
     assert changed != before
 

@@ -12,7 +12,6 @@ which loses one manager and keeps working.
 from __future__ import annotations
 
 import json
-import os
 import stat
 import time
 import uuid
@@ -24,7 +23,14 @@ from infra import converge, engine
 from infra.catalog import DATA_TARGETS, ENVIRONMENTS, data_label
 from infra.swarm import companion, datadirs, placement
 from tests.acceptance.test_backup import _connect
-from tests.acceptance.test_backup_offsite import OBJECTS, PROBE, _object_state, _remove_moved_aside
+from tests.acceptance.test_backup_offsite import (
+    OBJECTS,
+    PROBE,
+    _object_state,
+    _remove_moved_aside,
+    change_after_backup,
+    seed_and_back_up,
+)
 
 
 @pytest.fixture(scope="module")
@@ -332,32 +338,12 @@ def shared_remote_round_trip(shared_on_worker, tmp_path_factory):
     restore.shared --yes from the manager; the time it took is printed."""
     platform = shared_on_worker
     started = time.monotonic()
-    s3 = platform.s3()
-    bucket = f"remote-{uuid.uuid4().hex[:8]}"
-    platform.wait_for(lambda: s3.create_bucket(Bucket=bucket), what="S3 bucket creation")
-    for key, (body, content_type, metadata) in OBJECTS.items():
-        extra = {"ContentType": content_type} if content_type else {}
-        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata, **extra)
-    # DATA_ROOT is the same host directory in every dind node: this is the worker's n8n data.
-    n8n_data = platform.settings.data_root / "shared" / "n8n"
-    n8n = platform.images["N8N_IMAGE"].ref is not None
-    probe = os.urandom(64)
-    if n8n:
-        (n8n_data / PROBE).write_bytes(probe)
-        os.chown(n8n_data / PROBE, 1000, 1000)
-        (n8n_data / PROBE).chmod(0o640)
-    before = _object_state(s3, bucket)
-    root = tmp_path_factory.mktemp("shared-remote-backups")
-    made = platform.invoke("backup.shared", BACKUP_ROOT=str(root))
-    assert made.returncode == 0, made.stdout + made.stderr
-    (source,) = sorted((root / "shared").iterdir())
-
-    s3.put_object(Bucket=bucket, Key="reports/2026/summary.csv", Body=b"changed", Metadata={})
-    s3.delete_object(Bucket=bucket, Key="images/probe.bin")
-    if n8n:
-        (n8n_data / PROBE).write_bytes(b"changed after the backup")
-        (n8n_data / PROBE).chmod(0o666)
-        (n8n_data / "after-backup.txt").write_text("not in the backup")
+    seeded = seed_and_back_up(platform, "remote", tmp_path_factory.mktemp("shared-remote-backups"))
+    s3, bucket, n8n_data, n8n = seeded.s3, seeded.bucket, seeded.n8n_data, seeded.n8n
+    before, made, source, root, probe = (
+        seeded.before, seeded.made, seeded.source, seeded.root, seeded.probe
+    )  # fmt: skip
+    change_after_backup(seeded)
     assert _object_state(s3, bucket) != before
     shared_data = set(n8n_data.parent.iterdir())
     restored = platform.invoke("restore.shared", f"--from={source}", "--yes", BACKUP_ROOT=str(root))
