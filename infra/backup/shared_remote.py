@@ -133,7 +133,7 @@ RECEIVE_DIRECTORY = (
     'set -u; d="/host$1"; aside="/host$2"; shown="$2"; host="$3"; port="$4"; want="$5"; ok=0; '
     'if [ ! -d "$d" ]; then echo "$1 is not a directory on this node" >&2; exit 2; fi; '
     + _connect("3<")
-    + 'mv "$d" "$aside"; '
+    + 'mv "$d" "$aside" || { echo "cannot move $1 aside" >&2; exit 7; }; '
     'trap \'if [ "$ok" != 1 ]; then rm -rf "$d"; mv "$aside" "$d"; '
     'echo "the previous data is back in place" >&2; fi\' EXIT; '
     'f=$(mktemp -u /tmp/nextcandle-sum.XXXXXX); mkfifo "$f"; '

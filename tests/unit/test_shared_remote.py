@@ -5,6 +5,8 @@ helpers ask from a companion."""
 from __future__ import annotations
 
 import hashlib
+import socket
+import subprocess
 import tarfile
 from types import SimpleNamespace
 
@@ -65,6 +67,31 @@ def test_the_restore_job_moves_the_old_directory_back_on_any_failure():
     assert '"$got" != "$want"' in script  # the stream's digest is checked before ok=1
     assert script.index('"$got" != "$want"') < script.index("ok=1")
     assert "--same-owner" in script and "--numeric-owner" in script
+
+
+def test_a_restore_job_that_cannot_move_the_directory_aside_leaves_it_untouched(tmp_path):
+    """Run for real with bash: the move aside fails (its parent does not exist), so the job
+    ends before the trap that would remove the directory is set."""
+    data = tmp_path / "shared" / "n8n"
+    data.mkdir(parents=True)
+    (data / "database.sqlite").write_text("the data")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        command = shared_remote.receive_command(
+            "/shared/n8n", "/missing/n8n.aside", "127.0.0.1", "ab"
+        )
+        script = (
+            command[2]
+            .replace('"/host$1"', f'"{tmp_path}$1"')
+            .replace('"/host$2"', f'"{tmp_path}$2"')
+        )
+        args = [*command[3:5], command[5], command[6], str(port), command[8]]
+        result = subprocess.run(
+            ["bash", "-c", script, *args], capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 7, result.stderr
+    assert "cannot move /shared/n8n aside" in result.stderr
+    assert (data / "database.sqlite").read_text() == "the data"
 
 
 def test_the_listener_is_core_perl_and_names_no_secret():
