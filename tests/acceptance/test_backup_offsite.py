@@ -457,6 +457,18 @@ def change_after_backup(seeded: Seeded) -> None:
         (seeded.n8n_data / "after-backup.txt").write_text("not in the backup")
 
 
+def assert_probe_restored(platform, probe: bytes) -> Path:
+    """n8n's probe file is back with its bytes, owner and mode, and the file added after the
+    backup is gone; returns n8n's data directory."""
+    data = platform.settings.data_root / "shared" / "n8n"
+    restored = data / PROBE
+    assert restored.read_bytes() == probe
+    info = restored.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1000, 1000, 0o640)
+    assert not (data / "after-backup.txt").exists()
+    return data
+
+
 @pytest.fixture(scope="module")
 def shared_round_trip(platform, tmp_path_factory):
     """Objects and a file in n8n's data backed up, both changed, then restore.shared."""
@@ -537,12 +549,7 @@ def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
 
 def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
-    data = platform.settings.data_root / "shared" / "n8n"
-    probe = data / PROBE
-    assert probe.read_bytes() == shared_round_trip["probe"]
-    info = probe.stat()
-    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1000, 1000, 0o640)
-    assert not (data / "after-backup.txt").exists()
+    data = assert_probe_restored(platform, shared_round_trip["probe"])
     aside = [p for p in data.parent.iterdir() if p.name.startswith("n8n.before-restore-")]
     assert len(aside) == 1, aside
     assert (aside[0] / "after-backup.txt").read_text() == "not in the backup"

@@ -28,6 +28,7 @@ from tests.acceptance.test_backup_offsite import (
     PROBE,
     _object_state,
     _remove_moved_aside,
+    assert_probe_restored,
     change_after_backup,
     seed_and_back_up,
 )
@@ -394,12 +395,7 @@ def test_restore_shared_from_the_manager_gives_n8ns_files_back_and_n8n_runs(
     platform = shared_on_worker
     platform.require("N8N_IMAGE")
     trip = shared_remote_round_trip
-    data = platform.settings.data_root / "shared" / "n8n"
-    probe = data / PROBE
-    assert probe.read_bytes() == trip["probe"]
-    info = probe.stat()
-    assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (1000, 1000, 0o640)
-    assert not (data / "after-backup.txt").exists()
+    assert_probe_restored(platform, trip["probe"])
     (aside,) = [p for p in trip["aside"] if p.name.startswith("n8n.before-restore-")]
     assert (aside / "after-backup.txt").read_text() == "not in the backup"
     node = placement.hostname(platform.client.nodes.get(_node_of(platform, "shared_n8n")))
