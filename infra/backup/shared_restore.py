@@ -11,14 +11,15 @@ stack's current data is saved as a backup of its own (<time>-before-restore), an
   original PUT. The filer's own upload keeps none of the user metadata, which is why the S3
   API is used. Then everything is read back from the filer's listing: MD5, content type and
   metadata must equal the backup's. Objects that are in the store but not in the backup stay;
-  a bucket that is gone is made again first (`s3.bucket.create` in `weed shell`);
+  a bucket that is gone is made again first (`s3.bucket.create` in `weed shell`, or from
+  another node an S3 CreateBucket signed here and sent by bash from a companion);
 - Grafana and n8n are stopped (scaled to 0: both keep SQLite databases open), their data
   directories moved aside to DATA_ROOT/shared/<service>.before-restore-<time>/, the backup's
   files put in their place with the modes and owners the backup recorded, and the services
   started again.
 
-When the shared stack's data node is another node than this engine's, the S3 uploads and
-`weed shell` run in a companion on this node (swarm/companion.py: the store's image, on its
+When the shared stack's data node is another node than this engine's, the S3 uploads run
+in a companion on this node (swarm/companion.py: the store's image, on its
 networks) against tasks.shared_seaweedfs, and each data directory is replaced on its node by a
 job that unpacks the backup's files sent over the overlay (backup/shared_remote.py), the old
 directory moved aside there and put back if a step fails.
@@ -108,10 +109,11 @@ def restore_shared(
     buckets, parts = check_backup(settings, source, yes)
     keys = _s3_keys(settings) if buckets else None
     client = _long_client(settings, client)
-    if buckets:
-        _require_running(client, f"{SHARED}_seaweedfs")
+    store_here = _require_running(client, f"{SHARED}_seaweedfs") if buckets else True
     remotes = {part: _check_part(settings, client, part, data) for part, data in parts.items()}
-    image = transfer_image(settings) if any(remotes.values()) else ""
+    # A job or companion with the Postgres image: for a directory on another node, or a
+    # bucket made again when the store runs on another node.
+    image = transfer_image(settings) if any(remotes.values()) or not store_here else ""
     report(f"restore shared: backup {source} is complete and readable")
 
     safety = backup_shared(
@@ -129,7 +131,7 @@ def restore_shared(
             if store.remote:
                 report(f"restore shared: {SHARED}_seaweedfs runs on another node; written "
                        "through a helper container on this node")  # fmt: skip
-            result.objects = restore_objects(client, store, source, buckets, keys, report)
+            result.objects = restore_objects(client, store, source, buckets, keys, report, image)
         result.buckets = len(buckets)
     for part, data in parts.items():
         remote = remotes[part]
@@ -177,11 +179,13 @@ def _data_dir(settings: Settings, part: str) -> Path:
     return settings.data_root / SHARED / part
 
 
-def _require_running(client, service: str) -> None:
+def _require_running(client, service: str) -> bool:
+    """The service has a running task; whether it runs on this engine's node."""
     try:
-        engine.running_task(client, service)
+        container_id, _ = engine.running_task(client, service)
     except EngineError as exc:
         raise BackupError(str(exc)) from None
+    return bool(container_id)
 
 
 def _check_part(
@@ -326,39 +330,85 @@ def upload_form(signed: dict, source: Path, destination: Path) -> tuple[str, str
             return f"multipart/form-data; boundary={boundary}", signed["url"]
 
 
-def _ensure_buckets(client, store, buckets: dict) -> None:
-    """Make each bucket of the backup that the store no longer has, with the store's own
-    shell (an S3 CreateBucket is a PUT, which busybox's wget cannot send)."""
+def create_bucket_request(bucket: str, host: str, keys: tuple[str, str]) -> bytes:
+    """S3 CreateBucket of `bucket` at `host`'s S3 API as the bytes of one HTTP/1.1 request,
+    signed here with SigV4 for that Host (the signature covers it). What leaves this process
+    is a signature, never the secret key."""
+    from botocore.auth import S3SigV4Auth  # noqa: PLC0415 - only a restore pays for it
+    from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+    from botocore.credentials import Credentials  # noqa: PLC0415
+
+    authority = f"{host}:{S3_PORT}"
+    request = AWSRequest(method="PUT", url=f"http://{authority}/{bucket}", data=b"")
+    S3SigV4Auth(Credentials(*keys), "s3", "us-east-1").add_auth(request)
+    lines = [f"PUT /{bucket} HTTP/1.1", f"Host: {authority}"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    lines += ["Content-Length: 0", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+# bash sends the request on its stdin to host $1, port $2 and prints the answer's status line.
+_SEND_REQUEST = 'exec 3<>"/dev/tcp/$1/$2" && cat >&3 && head -n 1 <&3'
+
+
+def _create_bucket_remote(client, store: Reach, bucket: str, keys, image: str) -> None:
+    """Make `bucket` from another node than the store's: a CreateBucket PUT, which busybox's
+    wget cannot send and `weed shell` there cannot (it follows the master's own address,
+    127.0.0.1 in the store's container), so bash sends it from a companion with the
+    Postgres image on the store's networks."""
+    service = f"{SHARED}_seaweedfs"
+    networks = [
+        n["Target"]
+        for n in client.api.inspect_service(service)["Spec"]["TaskTemplate"].get("Networks") or []
+    ]
+    with companion.pinned(client, service, image, networks) as helper:
+        code, out, err = engine.exec_with_stdin(
+            client,
+            helper.id,
+            ["bash", "-c", _SEND_REQUEST, "send", store.host, str(S3_PORT)],
+            create_bucket_request(bucket, store.host, keys),
+        )
+    answer = (out.strip() or err.strip() or f"exit code {code}").splitlines()[0][:200]
+    words = answer.split()
+    # 409: someone made it meanwhile (BucketAlreadyOwnedByYou), which is what was wanted.
+    if code != 0 or len(words) < 2 or words[1] not in ("200", "409"):
+        raise BackupError(f"making bucket {bucket} in the object store failed: {answer}")
+
+
+def _ensure_buckets(client, store, buckets: dict, keys, image: str, report: Report) -> None:
+    """Make each bucket of the backup that the store no longer has: with the store's own
+    shell in its container, or from a companion when it runs on another node."""
     present = {
         entry["FullPath"].rsplit("/", 1)[-1]
         for entry in _filer_list(client, store, BUCKETS)
         if _is_dir(entry)
     }
-    missing = sorted(set(buckets) - present)
-    if missing and isinstance(store, Reach) and store.remote:
-        # `weed shell` in a companion follows the master's own address (127.0.0.1 in the
-        # store's container) and never connects; not made another way yet.
-        raise BackupError(
-            f"bucket {missing[0]} of the backup is no longer in the object store, and a "
-            f"bucket cannot be made from another node than {SHARED}_seaweedfs's. Make it "
-            "(e.g. with any S3 client through s3.<domain>), then run the restore again."
-        )
-    for bucket in missing:
-        _check(
-            _exec_as_root(client, store, ["sh", "-c", _CREATE_BUCKET, "sh", bucket]),
-            f"making bucket {bucket} in the object store",
-        )
+    for bucket in sorted(set(buckets) - present):
+        if isinstance(store, Reach) and store.remote:
+            _create_bucket_remote(client, store, bucket, keys, image)
+        else:
+            _check(
+                _exec_as_root(client, store, ["sh", "-c", _CREATE_BUCKET, "sh", bucket]),
+                f"making bucket {bucket} in the object store",
+            )
+        report(f"restore shared: bucket {bucket} was gone from the store; made again")
 
 
 def restore_objects(
-    client, store, source: Path, buckets: dict, keys: tuple[str, str], report: Report
+    client,
+    store,
+    source: Path,
+    buckets: dict,
+    keys: tuple[str, str],
+    report: Report,
+    image: str = "",
 ) -> int:
     """Write every object of the backup through the store's S3 API, then compare the store's
     listing (MD5, content type, metadata) with the backup's."""
     count = 0
     signer = _signer(keys)
     base = s3_url(store)
-    _ensure_buckets(client, store, buckets)
+    _ensure_buckets(client, store, buckets, keys, image, report)
     with _ContainerDir(client, store) as workdir, tempfile.TemporaryDirectory() as scratch:
         body = Path(scratch) / "object"
         for bucket, info in sorted(buckets.items()):

@@ -46,8 +46,12 @@ restarted server knows exactly one password, the new one.
 
 Grafana: `grafana cli admin reset-admin-password --password-from-stdin` in the running
 container (GF_SECURITY_ADMIN_PASSWORD__FILE counts only when Grafana creates its database),
-then the roll. SeaweedFS's S3 keys and the Traefik dashboard password live nowhere but in
-their secret files, read at start: the roll is the change.
+then the roll. When Grafana runs on another node, the cli in a companion would write the
+companion's own database, so the admin changes its password through Grafana's HTTP API
+instead (PUT /api/user/password with the old and the new one, curl's configuration on
+stdin), from a companion with Grafana's image that reaches tasks.shared_grafana.
+SeaweedFS's S3 keys and the Traefik dashboard password live nowhere but in their secret
+files, read at start: the roll is the change.
 
 n8n: the roll is the change too. Its owner is managed from its environment
 (N8N_INSTANCE_OWNER_MANAGED_BY_ENV): at every start n8n writes the bcrypt hash of its
@@ -146,12 +150,10 @@ def rotate(
     engine.require_manager(client)
     services = Services(client)
     rotatable = ROTATABLE[key]
-    # Its service must answer before the record is made (a restart needs nothing of it);
-    # Postgres on any node (reached through a companion), Grafana on this one.
-    if rotatable.live == LIVE_POSTGRES:
+    # Its service must answer before the record is made (a restart needs nothing of it), on
+    # any node: one elsewhere is reached through a companion.
+    if rotatable.live in (LIVE_POSTGRES, LIVE_GRAFANA):
         engine.running_task(client, rotatable.service)
-    elif rotatable.live == LIVE_GRAFANA:
-        engine.running_container(client, rotatable.service)
     try:
         pending = begin(settings, key, report)
         apply_live(settings, services, pending, report)

@@ -61,7 +61,8 @@ def _table() -> tuple[dict[str, Rotatable], dict[str, str]]:
         SHARED,
         "shared_grafana",
         LIVE_GRAFANA,
-        "grafana cli admin reset-admin-password --password-from-stdin in shared_grafana",
+        "grafana cli admin reset-admin-password --password-from-stdin in shared_grafana "
+        "(from another node: PUT /api/user/password through Grafana's HTTP API)",
     )
     for key in ("s3_access_key", "s3_secret_key"):
         rotatable[key] = Rotatable(

@@ -79,12 +79,10 @@ class Services:
         self._stack.close()
 
     def _exec(
-        self, service: str, command: list[str], stdin: str, reached=None
+        self, service: str, command: list[str], stdin: str, reached: companion.Reach
     ) -> tuple[int, str, str]:
-        # Grafana's reset and check read its own files and loopback port: its task must be
-        # on this engine's node (engine.running_container refuses otherwise).
-        container = reached.id if reached else engine.running_container(self.client, service)
-        return engine.exec_with_stdin(self.client, container, command, stdin.encode())
+        # The command runs where `reached` says; `service` is the service it talks to.
+        return engine.exec_with_stdin(self.client, reached.id, command, stdin.encode())
 
     def postgres(self, env: str, values: Mapping[str, str], password: str, sql: str):
         user, db = values[f"{env}_postgres_user"], values[f"{env}_postgres_db"]
@@ -120,28 +118,67 @@ class Services:
             return False
         raise EngineError(f"{env}_redis did not answer redis-cli: {_first_line(out + err, code)}")
 
-    def grafana_reset(self, password: str) -> None:
-        command = [
-            "sh", "-c",
-            'exec grafana cli --homepath "${GF_PATHS_HOME:-/usr/share/grafana}" '
-            '--config "${GF_PATHS_CONFIG:-/etc/grafana/grafana.ini}" '
-            "admin reset-admin-password --password-from-stdin",
-        ]  # fmt: skip
-        code, out, err = self._exec("shared_grafana", command, f"{password}\n")
-        if code != 0:
+    def grafana_reset(self, user: str, new: str, old: str) -> str:
+        """Set Grafana's admin password to `new`; says how. In its own task's container,
+        `grafana cli` writes the database next to it. From a companion (Grafana runs on
+        another node) the cli would write the companion's own, empty database, so the change
+        goes through Grafana's HTTP API instead (PUT /api/user/password as the admin, with
+        the old password), which needs the old password to be the one Grafana knows."""
+        reached = self.reach("shared_grafana")
+        if not reached.remote:
+            command = [
+                "sh", "-c",
+                'exec grafana cli --homepath "${GF_PATHS_HOME:-/usr/share/grafana}" '
+                '--config "${GF_PATHS_CONFIG:-/etc/grafana/grafana.ini}" '
+                "admin reset-admin-password --password-from-stdin",
+            ]  # fmt: skip
+            code, out, err = self._exec("shared_grafana", command, f"{new}\n", reached)
+            if code != 0:
+                raise EngineError(
+                    "grafana cli admin reset-admin-password failed: "
+                    f"{_first_line(err or out, code)}"
+                )
+            return "admin password reset in Grafana's database"
+        body = json.dumps({"oldPassword": old, "newPassword": new})
+        status = self._grafana_api(
+            reached, "/api/user/password", user, old, f"request = \"PUT\"\n"
+            'header = "Content-Type: application/json"\n'
+            f"data = {_curl_value(body)}\n",
+        )  # fmt: skip
+        if status == "200":
+            return "admin password changed through its HTTP API, from a helper container here"
+        if status == "401" and self.grafana_accepts(user, new):
+            return "Grafana already accepts the new admin password"
+        if status == "401":
             raise EngineError(
-                f"grafana cli admin reset-admin-password failed: {_first_line(err or out, code)}"
+                "shared_grafana accepts neither the admin password in secrets.yml nor the new "
+                "one being rotated to. Set one of them by hand (`grafana cli admin "
+                "reset-admin-password` on Grafana's node), then retry."
             )
+        raise EngineError(f"shared_grafana refused the password change (HTTP {status}).")
 
     def grafana_accepts(self, user: str, password: str) -> bool:
-        # curl reads its configuration, credentials included, from stdin (-K -).
-        config = f'url = "http://127.0.0.1:3000/api/user"\nuser = "{user}:{password}"\n'
-        command = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-"]
-        code, out, err = self._exec("shared_grafana", command, config)
-        if out.strip() == "200":
+        status = self._grafana_api(self.reach("shared_grafana"), "/api/user", user, password)
+        if status == "200":
             return True
-        if out.strip() == "401":
+        if status == "401":
             return False
+        raise EngineError(f"shared_grafana did not answer: {status}")
+
+    def _grafana_api(self, reached, path: str, user: str, password: str, extra: str = "") -> str:
+        """The HTTP status of one request to Grafana's API as `user`, from where `reached`
+        execs (its own loopback, or tasks.shared_grafana from a companion). curl reads its
+        configuration, credentials and body included, from stdin (-K -)."""
+        host = reached.host or "127.0.0.1"
+        config = (
+            f"url = {_curl_value(f'http://{host}:3000{path}')}\n"
+            f"user = {_curl_value(f'{user}:{password}')}\n{extra}"
+        )
+        command = ["curl", "-s", "-m", "30", "-o", "/dev/null", "-w", "%{http_code}", "-K", "-"]
+        code, out, err = self._exec("shared_grafana", command, config, reached)
+        status = out.strip()
+        if status.isdigit() and status != "000":
+            return status
         raise EngineError(f"shared_grafana did not answer: {_first_line(err or out, code)}")
 
     def n8n_accepts(self, email: str, password: str) -> bool:
@@ -164,6 +201,14 @@ class Services:
         if out.strip() == "401":
             return False
         raise EngineError(f"shared_n8n did not answer its login: {_first_line(err or out, code)}")
+
+
+def _curl_value(text: str) -> str:
+    """A value of curl's configuration file, quoted: inside double quotes curl reads a
+    backslash escape, so a quote or backslash in a password stays part of it."""
+    if "\n" in text or "\r" in text:
+        raise EngineError("a value with a line break cannot be given to curl's configuration.")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _first_line(text: str, code: int) -> str:
@@ -195,8 +240,8 @@ def apply_live(
             raise EngineError(f"ALTER ROLE in {env}_postgres failed: {_first_line(err, code)}")
         report(f"2/6 live: {env}_postgres: ALTER ROLE {user} done (new password active)")
     elif rotatable.live == LIVE_GRAFANA:
-        services.grafana_reset(new)
-        report("2/6 live: shared_grafana: admin password reset in Grafana's database")
+        done = services.grafana_reset(values["grafana_admin_user"], new, old)
+        report(f"2/6 live: shared_grafana: {done}")
     else:
         report(f"2/6 live: nothing to do before the restart ({rotatable.effect})")
 

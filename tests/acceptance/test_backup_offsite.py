@@ -412,6 +412,8 @@ class Seeded:
 
     s3: object
     bucket: str
+    gone: str  # a second bucket, deleted with its objects after the backup
+    gone_before: dict
     n8n_data: Path
     n8n: bool  # n8n has an image here, so its data directory is in the round trip
     probe: bytes
@@ -430,6 +432,12 @@ def seed_and_back_up(platform, prefix: str, root: Path) -> Seeded:
     for key, (body, content_type, metadata) in OBJECTS.items():
         extra = {"ContentType": content_type} if content_type else {}
         s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata, **extra)
+    gone = f"{prefix}-gone-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=gone)
+    s3.put_object(
+        Bucket=gone, Key="kept/notes.txt", Body=b"in a bucket deleted after the backup",
+        ContentType="text/plain", Metadata={"owner": "bob"},
+    )  # fmt: skip
     # DATA_ROOT is the same host directory in every dind node, whichever holds shared's data.
     n8n_data = platform.settings.data_root / "shared" / "n8n"
     n8n = platform.images["N8N_IMAGE"].ref is not None
@@ -438,23 +446,34 @@ def seed_and_back_up(platform, prefix: str, root: Path) -> Seeded:
         (n8n_data / PROBE).write_bytes(probe)
         os.chown(n8n_data / PROBE, 1000, 1000)
         (n8n_data / PROBE).chmod(0o640)
-    before = _object_state(s3, bucket)
+    before, gone_before = _object_state(s3, bucket), _object_state(s3, gone)
     made = platform.invoke("backup.shared", BACKUP_ROOT=str(root))
     assert made.returncode == 0, made.stdout + made.stderr
     (source,) = sorted((root / "shared").iterdir())
-    return Seeded(s3, bucket, n8n_data, n8n, probe, before, made, root, source)
+    return Seeded(s3, bucket, gone, gone_before, n8n_data, n8n, probe, before, made, root, source)
 
 
 def change_after_backup(seeded: Seeded) -> None:
-    """What the restore must undo: an object changed, one deleted, the probe file's bytes and
-    mode changed and a file added next to it."""
+    """What the restore must undo: an object changed, one deleted, a whole bucket deleted,
+    the probe file's bytes and mode changed and a file added next to it."""
     s3, bucket = seeded.s3, seeded.bucket
     s3.put_object(Bucket=bucket, Key="reports/2026/summary.csv", Body=b"changed", Metadata={})
     s3.delete_object(Bucket=bucket, Key="images/probe.bin")
+    s3.delete_object(Bucket=seeded.gone, Key="kept/notes.txt")
+    s3.delete_bucket(Bucket=seeded.gone)
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert seeded.gone not in names and bucket in names
     if seeded.n8n:
         (seeded.n8n_data / PROBE).write_bytes(b"changed after the backup")
         (seeded.n8n_data / PROBE).chmod(0o666)
         (seeded.n8n_data / "after-backup.txt").write_text("not in the backup")
+
+
+def assert_gone_bucket_restored(platform, seeded: Seeded, restore_output: str) -> None:
+    """The bucket deleted after the backup is there again, with its object's bytes, type
+    and metadata, and the restore said it made it."""
+    assert _object_state(platform.s3(), seeded.gone) == seeded.gone_before
+    assert f"bucket {seeded.gone} was gone from the store; made again" in restore_output
 
 
 def assert_probe_restored(platform, probe: bytes) -> Path:
@@ -500,6 +519,7 @@ def shared_round_trip(platform, tmp_path_factory):
     assert restored.returncode == 0, restored.stdout + restored.stderr
     print(made.stdout, restored.stdout, sep="\n")
     yield {
+        "seeded": seeded,
         "bucket": bucket,
         "before": before,
         "changed": changed,
@@ -533,6 +553,13 @@ def test_every_object_is_back_with_its_bytes_type_and_metadata(platform, shared_
         "owner": "alice",
         "run": "42",
     }
+
+
+def test_a_bucket_deleted_after_the_backup_is_made_again_with_its_objects(
+    platform, shared_round_trip
+):
+    trip = shared_round_trip
+    assert_gone_bucket_restored(platform, trip["seeded"], trip["restore_output"])
 
 
 def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):

@@ -28,10 +28,12 @@ from tests.acceptance.test_backup_offsite import (
     PROBE,
     _object_state,
     _remove_moved_aside,
+    assert_gone_bucket_restored,
     assert_probe_restored,
     change_after_backup,
     seed_and_back_up,
 )
+from tests.acceptance.test_rotation import _assert_finished, _n8n_login, _rotate
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +318,9 @@ def test_rotating_prods_postgres_password_on_a_worker_works(prod_on_worker):
 @pytest.fixture(scope="module")
 def shared_on_worker(platform):
     """The shared stack with its data on a worker (conftest labels it before the first
-    deploy); skips on one node."""
+    deploy); skips on one node, before deploying anything, as nothing of it can run there."""
+    if len(platform.client.nodes.list()) < 2:
+        pytest.skip("needs shared's data on another node than the manager: --nodes=3")
     platform.require("TRAEFIK_IMAGE")
     platform.require("SEAWEEDFS_IMAGE")
     platform.deploy("core")
@@ -353,6 +357,7 @@ def shared_remote_round_trip(shared_on_worker, tmp_path_factory):
     took = time.monotonic() - started
     print(f"acceptance: shared backup and restore across nodes in {took:.0f} s")
     yield {
+        "seeded": seeded,
         "bucket": bucket,
         "before": before,
         "source": source,
@@ -386,6 +391,8 @@ def test_restore_shared_from_the_manager_gives_the_objects_back(
     trip = shared_remote_round_trip
     s3 = shared_on_worker.s3()
     assert _object_state(s3, trip["bucket"]) == trip["before"]
+    # The bucket deleted after the backup is made again from the manager.
+    assert_gone_bucket_restored(shared_on_worker, trip["seeded"], trip["restore_output"])
     _no_transfer_left(shared_on_worker)
 
 
@@ -415,6 +422,56 @@ def test_alerts_answer_from_the_manager_with_alertmanager_on_the_worker(shared_o
     result = platform.invoke("alerts")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("alerts: "), result.stdout
+    # `invoke status` asks it the same way: a list of alerts, not "unknown" (None).
+    status = platform.invoke("status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert isinstance(json.loads(status.stdout)["alerts"], list), status.stdout
+    _no_companion_left(platform)
+
+
+def test_rotating_n8ns_password_with_n8n_on_the_worker_works(shared_on_worker):
+    """From the manager: n8n rolls on the worker, and the login check runs from a companion
+    with n8n's image against tasks.shared_n8n."""
+    platform = shared_on_worker
+    platform.require("N8N_IMAGE")
+    assert _node_of(platform, "shared_n8n") != platform.client.info()["Swarm"]["NodeID"]
+    values = platform.secrets()
+    user, old = values["n8n_user"], values["n8n_password"]
+    platform.wait_for(
+        lambda: _n8n_login(platform, user, old) == 200,
+        timeout=180,
+        what="n8n to accept the owner password of secrets.yml",
+    )
+    result = _rotate(platform, "n8n_password")
+    new = platform.secrets()["n8n_password"]
+    assert new != old
+    assert "5/6 check: shared_n8n accepts the new value and refuses the old one" in (
+        result.stdout
+    ), result.stdout
+    assert _n8n_login(platform, user, new) == 200
+    assert _n8n_login(platform, user, old) == 401
+    _assert_finished(platform, result, old)
+    _no_companion_left(platform)
+
+
+def test_rotating_grafanas_password_with_grafana_on_the_worker_works(shared_on_worker):
+    """From the manager, through Grafana's HTTP API from a companion (`grafana cli` there
+    would write the companion's own database)."""
+    platform = shared_on_worker
+    platform.require("GRAFANA_IMAGE")
+    assert _node_of(platform, "shared_grafana") != platform.client.info()["Swarm"]["NodeID"]
+    values = platform.secrets()
+    user, old = values["grafana_admin_user"], values["grafana_admin_password"]
+
+    def status(password: str) -> int:
+        return platform.web("grafana.localhost", "/api/user", auth=(user, password)).status_code
+
+    platform.wait_for(lambda: status(old) == 200, what="Grafana to accept the admin password")
+    result = _rotate(platform, "grafana_admin_password")
+    new = platform.secrets()["grafana_admin_password"]
+    assert "through its HTTP API" in result.stdout, result.stdout
+    assert (status(new), status(old)) == (200, 401)
+    _assert_finished(platform, result, old)
     _no_companion_left(platform)
 
 

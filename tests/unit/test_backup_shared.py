@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -230,6 +232,45 @@ def test_metadata_with_a_line_break_is_refused():
     entry = {"mime": "text/plain", "extended": {"X-Amz-Meta-X": _b64("a\r\nInjected: 1")}}
     with pytest.raises(BackupError, match="line break"):
         shared_restore.form_fields(entry)
+
+
+def _sigv4(secret: str, date: str, stamp: str, canonical: str) -> str:
+    """AWS Signature Version 4 of a canonical request, from the specification's steps."""
+    scope = f"{date}/us-east-1/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = f"AWS4{secret}".encode()
+    for part in (date, "us-east-1", "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), "sha256").digest()
+    return hmac.new(key, to_sign.encode(), "sha256").hexdigest()
+
+
+def test_a_bucket_made_from_another_node_is_a_put_signed_for_the_host_it_is_sent_to():
+    keys = ("access-key-id", "the-secret-key")
+    raw = shared_restore.create_bucket_request("files", "tasks.shared_seaweedfs", keys)
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    request_line, *header_lines = head.split("\r\n")
+    headers = {name.lower(): value for name, value in (h.split(": ", 1) for h in header_lines)}
+    assert request_line == "PUT /files HTTP/1.1" and body == ""
+    assert headers["host"] == "tasks.shared_seaweedfs:8333"
+    assert headers["content-length"] == "0"
+    assert "the-secret-key" not in raw.decode()
+    auth = dict(
+        part.split("=", 1)
+        for part in headers["authorization"].removeprefix("AWS4-HMAC-SHA256 ").split(", ")
+    )
+    stamp = headers["x-amz-date"]
+    assert auth["Credential"] == f"access-key-id/{stamp[:8]}/us-east-1/s3/aws4_request"
+    signed = auth["SignedHeaders"].split(";")
+    assert "host" in signed  # the Host it is sent to is the one it is signed for
+    canonical = "\n".join(
+        ["PUT", "/files", ""]
+        + [f"{name}:{headers[name]}" for name in signed]
+        + ["", auth["SignedHeaders"], hashlib.sha256(b"").hexdigest()]
+    )
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(b"").hexdigest()
+    assert auth["Signature"] == _sigv4("the-secret-key", stamp[:8], stamp, canonical)
 
 
 # --- the CLI -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -444,3 +445,108 @@ def test_n8n_on_another_node_is_checked_from_a_companion_through_tasks_dns():
     assert services.n8n_accepts("owner@example.test", "the-password")
     _, command, _ = services.execs[0]
     assert '"http://tasks.shared_n8n:5678/rest/login"' in command[2]
+
+
+def _curl_config(text: str) -> dict[str, str]:
+    """curl's configuration file as curl reads it: `name = "value"`, with backslash escapes
+    inside the quotes."""
+    parsed = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" = ")
+        assert value.startswith('"') and value.endswith('"'), line
+        parsed[name] = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return parsed
+
+
+class FakeGrafana(FakeServices):
+    """Grafana's API as curl reaches it: basic auth against the admin's password; PUT
+    /api/user/password checks the old one and sets the new one."""
+
+    def __init__(self, password: str, remote: bool):
+        super().__init__("unused")
+        self.grafana_password = password
+        if remote:
+            self.remote["shared_grafana"] = "tasks.shared_grafana"
+
+    def _exec(self, service, command, stdin, reached=None):
+        self.execs.append((service, command, stdin))
+        if command[0] != "curl":  # grafana cli, in its own task's container
+            self.grafana_password = stdin.removesuffix("\n")
+            return 0, "", ""
+        config = _curl_config(stdin)
+        host = self.remote.get(service) or "127.0.0.1"
+        user, _, password = config["user"].partition(":")
+        if user != "admin" or password != self.grafana_password:
+            return 0, "401", ""
+        if config["url"] == f"http://{host}:3000/api/user":
+            return 0, "200", ""
+        assert config["url"] == f"http://{host}:3000/api/user/password", config
+        assert config["request"] == "PUT"
+        body = json.loads(config["data"])
+        if body["oldPassword"] != self.grafana_password:
+            return 0, "401", ""
+        self.grafana_password = body["newPassword"]
+        return 0, "200", ""
+
+
+@pytest.fixture
+def grafana_values(settings, values):
+    assert values["grafana_admin_user"] == "admin"
+    return values
+
+
+def test_grafana_on_another_node_changes_its_password_through_its_api(settings, grafana_values):
+    old = grafana_values["grafana_admin_password"]
+    services = FakeGrafana(old, remote=True)
+    lines: list[str] = []
+    pending = rotate.begin(settings, "grafana_admin_password", report=lambda _: None)
+    rotate.apply_live(settings, services, pending, report=lines.append)
+    new = pending.new["grafana_admin_password"]
+    assert services.grafana_password == new
+    assert "through its HTTP API" in lines[0]
+    assert services.grafana_accepts("admin", new)
+    assert not services.grafana_accepts("admin", old)
+    for _, command, _ in services.execs:
+        assert not any(new in arg or old in arg for arg in command)
+    assert all(new not in line and old not in line for line in lines)
+
+
+def test_grafana_on_another_node_rerun_finds_the_new_password_set(settings, grafana_values):
+    services = FakeGrafana(grafana_values["grafana_admin_password"], remote=True)
+    pending = rotate.begin(settings, "grafana_admin_password", report=lambda _: None)
+    rotate.apply_live(settings, services, pending, report=lambda _: None)
+    lines: list[str] = []
+    rotate.apply_live(settings, services, pending, report=lines.append)
+    assert "already accepts the new admin password" in lines[0]
+
+
+def test_grafana_on_another_node_that_knows_neither_password_is_refused(settings, grafana_values):
+    services = FakeGrafana("a-password-nobody-recorded", remote=True)
+    pending = rotate.begin(settings, "grafana_admin_password", report=lambda _: None)
+    with pytest.raises(EngineError, match="accepts neither"):
+        rotate.apply_live(settings, services, pending, report=lambda _: None)
+    assert services.grafana_password == "a-password-nobody-recorded"
+
+
+def test_grafana_here_is_checked_on_its_own_loopback(settings, grafana_values):
+    services = FakeGrafana("pass", remote=False)
+    assert services.grafana_accepts("admin", "pass")
+    assert "http://127.0.0.1:3000/api/user" in services.execs[0][2]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["plain", 'with "quotes"', "back\\slash\\", 'both \\" at once'],
+    ids=["plain", "quotes", "backslashes", "escaped-quote"],
+)
+def test_a_value_in_curls_configuration_reads_back_as_it_was(value):
+    from infra.rotate.live import _curl_value
+
+    assert _curl_config(f"user = {_curl_value(value)}") == {"user": value}
+
+
+def test_a_line_break_cannot_reach_curls_configuration():
+    from infra.rotate.live import _curl_value
+
+    with pytest.raises(EngineError, match="line break"):
+        _curl_value("two\nlines")
