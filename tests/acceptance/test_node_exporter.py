@@ -1,14 +1,20 @@
 """node-exporter reports the node, not its own container (issue 10): the node's network
 interfaces and mounts, read from the node itself through testinfra, are what Prometheus
-holds; and Prometheus finds it on each node's address through the generated targets file."""
+holds; and Prometheus finds it on each node's address through the generated targets file.
+The global collectors run one task on every node, and the log collector ships every node's
+lines (on three nodes with `--nodes=3`, as in nox -s acceptance_nodes)."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import uuid
+from types import SimpleNamespace
 
 import pytest
+
+from tests.acceptance.test_shared import _grafana_auth, collector_labels, log_query
 
 # The exporter's filter (stacks/shared.yml): mount points and file system types left out.
 MOUNTS_EXCLUDED = re.compile(
@@ -127,3 +133,128 @@ def test_filesystem_series_are_the_nodes_mounts_also_those_mounted_later(shared)
             assert set(found) <= node_mounts, set(found) - node_mounts
         finally:
             host.run(f"umount {probe} && rmdir {probe}")
+
+
+# --- every global collector on every node -----------------------------------------------
+
+# The shared stack's global services (stacks/shared.yml, mode: global) and their images.
+COLLECTORS = {
+    "shared_node-exporter": "NODE_EXPORTER_IMAGE",
+    "shared_alloy": "ALLOY_IMAGE",
+    "shared_cadvisor": "CADVISOR_IMAGE",
+}
+
+
+@pytest.fixture(scope="module")
+def deployed(platform):
+    platform.require("TRAEFIK_IMAGE")
+    platform.deploy("core")
+    platform.deploy("shared")
+    return platform
+
+
+def _ready_nodes(platform) -> dict[str, str]:
+    """Node id -> host name of every node the swarm has ready."""
+    return {
+        n.id: n.attrs["Description"]["Hostname"]
+        for n in platform.client.nodes.list()
+        if n.attrs["Status"]["State"] == "ready"
+    }
+
+
+def _running_nodes(service) -> list[str]:
+    tasks = service.tasks(filters={"desired-state": "running"})
+    return sorted(t["NodeID"] for t in tasks if t["Status"]["State"] == "running")
+
+
+def test_the_collectors_are_the_global_services_of_the_shared_stack():
+    """COLLECTORS follows the stack file: a global service added there fails here."""
+    import yaml
+
+    from infra.settings import REPO_ROOT
+
+    stack = yaml.safe_load((REPO_ROOT / "stacks" / "shared.yml").read_text())
+    found = {
+        f"shared_{name}"
+        for name, service in stack["services"].items()
+        if (service.get("deploy") or {}).get("mode") == "global"
+    }
+    assert found == set(COLLECTORS)
+
+
+@pytest.mark.parametrize("service", sorted(COLLECTORS), ids=sorted(COLLECTORS))
+def test_a_global_collector_runs_one_task_on_every_node(deployed, service):
+    nodes = _ready_nodes(deployed)
+    assert len(nodes) == len(deployed.swarm.nodes)
+    deployed.require(COLLECTORS[service])
+    found = deployed.client.services.get(service)
+    deployed.wait_for(
+        lambda: _running_nodes(found) == sorted(nodes),
+        timeout=120,
+        what=f"{service}: one running task on each of {sorted(nodes.values())}",
+    )
+
+
+def _probe_containers(platform, name: str) -> dict[str, SimpleNamespace]:
+    """Host name -> the probe's container on that node, inspected by the node's own engine
+    (the manager's engine sees only its own containers)."""
+    found = {}
+    for index, node in enumerate(platform.swarm.nodes):
+        host = platform.node(index)
+        ids = host.check_output(
+            f"docker ps -q --filter label=com.docker.swarm.service.name={name}"
+        ).split()
+        if len(ids) == 1:
+            (attrs,) = json.loads(host.check_output(f"docker inspect {ids[0]}"))
+            found[node.name] = SimpleNamespace(name=attrs["Name"].lstrip("/"), attrs=attrs)
+    return found
+
+
+def test_the_log_collector_ships_every_nodes_lines_with_their_labels(deployed):
+    # Any image the swarm has with a shell: the probe only prints lines, one task per node.
+    image = deployed.require("REDIS_IMAGE")
+    name = "acceptance-nodelogprobe"
+    token = f"acceptance-{uuid.uuid4().hex}"
+    probe = deployed.client.services.create(
+        image,
+        name=name,
+        mode={"Global": {}},
+        command=["/bin/sh", "-c"],
+        args=[f"while true; do echo {token}; sleep 2; done"],
+        container_labels={
+            "com.docker.stack.namespace": "acceptance",
+            "com.nextcandle.image": image,
+        },
+    )
+    try:
+        nodes = sorted(_ready_nodes(deployed).values())
+        containers = deployed.wait_for(
+            lambda: (found := _probe_containers(deployed, name)) and sorted(found) == nodes
+            and found,
+            timeout=90,
+            what=f"the probe's container on each of {nodes}",
+        )  # fmt: skip
+        queries = {}
+        for node, container in containers.items():
+            labels = collector_labels(container)
+            assert labels["service"] == name and labels["container"] == container.name
+            queries[node] = log_query(labels, token)
+
+        # From here on the log pipeline itself is needed.
+        deployed.require("ALLOY_IMAGE")
+        deployed.require("LOKI_IMAGE")
+        deployed.require("GRAFANA_IMAGE")  # Loki is asked through Grafana's data source proxy
+        for node, query in sorted(queries.items()):
+
+            def found(query=query):
+                response = deployed.web(
+                    "grafana.localhost",
+                    "/api/datasources/proxy/uid/loki/loki/api/v1/query_range",
+                    params={"query": query},
+                    auth=_grafana_auth(deployed),
+                )
+                return response.json().get("data", {}).get("result")
+
+            deployed.wait_for(found, timeout=180, what=f"the probe's line from {node} in Loki")
+    finally:
+        probe.remove()
