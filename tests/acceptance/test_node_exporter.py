@@ -135,7 +135,7 @@ def test_filesystem_series_are_the_nodes_mounts_also_those_mounted_later(shared)
             host.run(f"umount {probe} && rmdir {probe}")
 
 
-# --- every global collector on every node -----------------------------------------------
+# --- every global collector on every node (on the one-node suite too) -------------------
 
 # The shared stack's global services (stacks/shared.yml, mode: global) and their images.
 COLLECTORS = {

@@ -254,25 +254,30 @@ def _n8n_login(platform, email: str, password: str) -> int:
     return response.status_code
 
 
+def rotate_n8n_password(platform) -> subprocess.CompletedProcess[str]:
+    """Once n8n accepts the owner password of secrets.yml, rotate it: the new one logs in
+    through Traefik, the old one is refused, and no value was printed."""
+    values = platform.secrets()
+    user, old = values["n8n_user"], values["n8n_password"]
+    platform.wait_for(
+        lambda: _n8n_login(platform, user, old) == 200,
+        timeout=180,
+        what="n8n to accept the owner password of secrets.yml",
+    )
+    result = _rotate(platform, "n8n_password")
+    new = platform.secrets()["n8n_password"]
+    assert new != old
+    assert _n8n_login(platform, user, new) == 200
+    assert _n8n_login(platform, user, old) == 401
+    _assert_finished(platform, result, old)
+    return result
+
+
 def test_n8n_password_rotation_restarts_n8n_onto_the_new_owner_password(dev):
     dev.require("TRAEFIK_IMAGE")
     dev.require("N8N_IMAGE")
     dev.deploy("core")
     dev.deploy("shared")
-    values = dev.secrets()
-    user, old = values["n8n_user"], values["n8n_password"]
-    dev.wait_for(
-        lambda: _n8n_login(dev, user, old) == 200,
-        timeout=180,
-        what="n8n to accept the owner password of secrets.yml",
-    )
     before = _versions(dev)
-
-    result = _rotate(dev, "n8n_password")
-
-    new = dev.secrets()["n8n_password"]
-    assert new != old
-    assert _n8n_login(dev, user, new) == 200
-    assert _n8n_login(dev, user, old) == 401
+    result = rotate_n8n_password(dev)
     assert _rolled(before, _versions(dev)) == {"shared_n8n"}, result.stdout
-    _assert_finished(dev, result, old)

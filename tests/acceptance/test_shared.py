@@ -36,11 +36,6 @@ NOT_DEPLOYED = {
     "cloudflared": "the suite deploys core without the tunnel: cloudflared needs a Cloudflare "
     "tunnel token and Cloudflare's edge, neither of which a test may use",
 }
-COLLECTORS = {
-    "alloy": "ALLOY_IMAGE",
-    "cadvisor": "CADVISOR_IMAGE",
-    "node-exporter": "NODE_EXPORTER_IMAGE",
-}
 
 
 @pytest.fixture(scope="module")
@@ -341,21 +336,6 @@ def test_n8n_owner_survives_a_redeploy_and_a_restart(shared):
         shared.client, "shared", changed={"shared_n8n"}, timeout=300, progress=lambda _: None
     )
     _assert_n8n_is_claimed(shared)
-
-
-# --- collectors -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("service", sorted(COLLECTORS))
-def test_collectors_run_one_task_per_node(shared, service):
-    shared.require(COLLECTORS[service])
-    nodes = shared.client.nodes.list()
-    tasks = [
-        t
-        for t in shared.client.services.get(f"shared_{service}").tasks()
-        if t["DesiredState"] == "running" and t["Status"]["State"] == "running"
-    ]
-    assert sorted(t["NodeID"] for t in tasks) == sorted(n.id for n in nodes)
 
 
 def test_prometheus_is_not_routed_on_public_host_names(shared):
