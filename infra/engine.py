@@ -7,10 +7,12 @@ The `docker` CLI is used only for what the SDK cannot do: `docker stack deploy|c
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import docker
@@ -336,3 +338,43 @@ def restart_service(client: docker.DockerClient, service: str) -> None:
     template = client.api.inspect_service(service)["Spec"]["TaskTemplate"]
     template = {**template, "ForceUpdate": int(template.get("ForceUpdate", 0)) + 1}
     update_service_spec(client, service, task_template=template)
+
+
+# Without follow, the engine sends a service's logs at once and ends the stream, but Swarm's
+# log broker sometimes never ends it (docker/cli#4678, moby#38640), and the SDK reads streams
+# with no socket timeout: a read of logs that are not followed ends after this much silence.
+LOG_IDLE_SECONDS = 10.0
+_END = object()
+
+
+def until_idle(stream: Iterable[bytes], idle: float = LOG_IDLE_SECONDS) -> Iterator[bytes | None]:
+    """The stream's chunks, then None if it went silent for `idle` seconds before its end
+    (it is read by a daemon thread, left behind if the stream never ends)."""
+    chunks: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for chunk in stream:
+                chunks.put(chunk)
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, raised there
+            chunks.put(exc)
+        chunks.put(_END)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        try:
+            item = chunks.get(timeout=idle)
+        except queue.Empty:
+            yield None
+            return
+        if item is _END:
+            return
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def service_logs(service, idle: float = LOG_IDLE_SECONDS, **options) -> bytes:
+    """A service's logs, not followed (`options` as the SDK's Service.logs): what the engine
+    sent until the stream ended, or until it went silent for `idle` seconds without ending."""
+    return b"".join(c for c in until_idle(service.logs(**options), idle) if c is not None)

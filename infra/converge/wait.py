@@ -12,7 +12,7 @@ from docker.errors import APIError, NotFound
 
 from infra.converge.events import EventStream, event_signal, open_events
 from infra.converge.state import FAILED_UPDATE_STATES, ServiceState, stack_states
-from infra.engine import STACK_NAMESPACE
+from infra.engine import STACK_NAMESPACE, service_logs
 from infra.errors import ConvergeError
 
 # Seconds between looks that no event asked for: while tasks run on other nodes (no events
@@ -276,10 +276,7 @@ def _failure_report(stack, states, timeout, failed, log_tail) -> str:
 def service_log_tail(client: docker.DockerClient, name: str, lines: int = 20) -> list[str]:
     try:
         service = client.services.get(name)
-        raw = service.logs(stdout=True, stderr=True, tail=lines, timestamps=False)
-        text = (
-            b"".join(raw).decode(errors="replace") if not isinstance(raw, bytes) else raw.decode()
-        )
+        text = service_logs(service, stdout=True, stderr=True, tail=lines).decode(errors="replace")
     except (NotFound, APIError):
         return []
     return text.splitlines()[-lines:]

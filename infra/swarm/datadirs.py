@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import docker
 from docker.types import Mount, RestartPolicy, ServiceMode
 
+from infra.engine import service_logs
 from infra.errors import EngineError
 from infra.swarm.placement import hostname, remove_service_quietly
 
@@ -116,7 +117,7 @@ def run_job(
 
 def _last_log_line(service) -> str:
     try:
-        text = b"".join(service.logs(stdout=True, stderr=True, tail=5)).decode(errors="replace")
+        text = service_logs(service, stdout=True, stderr=True, tail=5).decode(errors="replace")
     except docker.errors.APIError:
         return ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -127,7 +128,7 @@ def _created(client: docker.DockerClient, service) -> list[str]:
     # The job's output: "created PATH" lines. Logs of a service need the engine to reach the
     # node's logs; a node that cannot answer only costs the report, not the directories.
     try:
-        lines = b"".join(service.logs(stdout=True, stderr=False)).decode(errors="replace")
+        lines = service_logs(service, stdout=True, stderr=False).decode(errors="replace")
     except docker.errors.APIError:
         return []
     return [line.split(" ", 1)[1] for line in lines.splitlines() if line.startswith("created ")]

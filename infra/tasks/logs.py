@@ -1,47 +1,11 @@
 """logs: a service's recent log lines, optionally followed."""
 
-import queue
 import sys
-import threading
-from collections.abc import Iterable, Iterator
 
 from invoke import task
 
 from infra.errors import SettingsError
 from infra.tasks.common import HELP, operator_errors, settings, whole_number
-
-# Without --follow the engine sends what it has at once, then ends the stream. Swarm's log
-# broker sometimes never ends it (docker/cli#4678, moby#38640): a stream silent this long
-# is taken as ended, and said so.
-IDLE_SECONDS = 10.0
-_END = object()
-
-
-def until_idle(stream: Iterable[bytes], idle: float = IDLE_SECONDS) -> Iterator[bytes | None]:
-    """The stream's chunks, then None if it went silent for `idle` seconds before its end
-    (it is read by a daemon thread, left behind if the stream never ends)."""
-    chunks: queue.Queue = queue.Queue()
-
-    def pump() -> None:
-        try:
-            for chunk in stream:
-                chunks.put(chunk)
-        except Exception as exc:  # noqa: BLE001 - handed to the reader, raised there
-            chunks.put(exc)
-        chunks.put(_END)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        try:
-            item = chunks.get(timeout=idle)
-        except queue.Empty:
-            yield None
-            return
-        if item is _END:
-            return
-        if isinstance(item, Exception):
-            raise item
-        yield item
 
 
 @task(help={"service": HELP["service"], "follow": HELP["follow"], "tail": HELP["tail"]})
@@ -66,12 +30,14 @@ def logs(c, service="", follow=False, tail="100"):
     stream = client.services.get(service).logs(
         stdout=True, stderr=True, follow=follow, tail=lines, timestamps=True
     )
-    for chunk in stream if follow else until_idle(stream):
+    # Without --follow the engine sends what it has at once, then ends the stream; Swarm's
+    # log broker sometimes never ends it (engine.until_idle), which is said.
+    for chunk in stream if follow else engine.until_idle(stream):
         if chunk is None:
             print(
-                f"logs: the engine sent nothing more for {IDLE_SECONDS:.0f} s without ending "
-                "the stream (a known Swarm defect); the lines above are what it sent. Run "
-                "again, or add --follow.",
+                f"logs: the engine sent nothing more for {engine.LOG_IDLE_SECONDS:.0f} s "
+                "without ending the stream (a known Swarm defect); the lines above are what it "
+                "sent. Run again, or add --follow.",
                 file=sys.stderr,
             )
             return

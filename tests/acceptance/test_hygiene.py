@@ -21,6 +21,7 @@ import redis
 import requests
 import yaml
 
+from infra import engine
 from infra.catalog import CORE_PORTS, STACKS
 from infra.secrets import ENV_FILE_TOKENS
 from infra.settings import REPO_ROOT
@@ -210,7 +211,7 @@ def test_service_logs_hold_no_secret(everything):
     values["dashboard basic auth header"] = base64.b64encode(basic.encode()).decode()
     found = {}
     for service in _our_services(everything):
-        text = b"".join(service.logs(stdout=True, stderr=True)).decode(errors="replace")
+        text = engine.service_logs(service, stdout=True, stderr=True).decode(errors="replace")
         if hits := leaks(text, values):
             found[service.name] = hits
     assert not found, f"secrets in `docker service logs`: {found}"

@@ -1,4 +1,4 @@
-"""`invoke logs` without --follow ends even when the engine's log stream does not."""
+"""Reading logs that are not followed ends even when the engine's log stream does not."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from infra.tasks.logs import until_idle
+from infra.engine import service_logs, until_idle
 
 
 def _stuck_after(*chunks: bytes):
@@ -37,3 +37,25 @@ def test_an_error_of_the_stream_reaches_the_reader():
     assert next(reader) == b"a"
     with pytest.raises(ConnectionError, match="engine went away"):
         next(reader)
+
+
+class _Service:
+    """What engine.service_logs asks of the SDK's Service: logs(**options), a stream."""
+
+    def __init__(self, stream):
+        self.stream, self.options = stream, None
+
+    def logs(self, **options):
+        self.options = options
+        return self.stream
+
+
+def test_service_logs_of_a_stream_that_never_ends_are_what_came_before_the_silence():
+    service = _Service(_stuck_after(b"created /data\n", b"done\n"))
+    got = service_logs(service, idle=0.3, stdout=True, tail=5)
+    assert got == b"created /data\ndone\n"
+    assert service.options == {"stdout": True, "tail": 5}  # never follow
+
+
+def test_service_logs_of_a_stream_that_ends_are_all_of_it():
+    assert service_logs(_Service(iter([b"a\n", b"b\n"])), idle=5) == b"a\nb\n"
