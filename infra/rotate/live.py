@@ -155,7 +155,10 @@ class Services:
                 "one being rotated to. Set one of them by hand (`grafana cli admin "
                 "reset-admin-password` on Grafana's node), then retry."
             )
-        raise EngineError(f"shared_grafana refused the password change (HTTP {status}).")
+        raise EngineError(
+            f"shared_grafana refused the password change (HTTP {status}). Check `invoke logs "
+            "--service=shared_grafana`, then retry."
+        )
 
     def grafana_accepts(self, user: str, password: str) -> bool:
         status = self._grafana_api(self.reach("shared_grafana"), "/api/user", user, password)
@@ -163,7 +166,10 @@ class Services:
             return True
         if status == "401":
             return False
-        raise EngineError(f"shared_grafana did not answer: {status}")
+        raise EngineError(
+            f"shared_grafana answered HTTP {status} to the admin's login. Check `invoke logs "
+            "--service=shared_grafana`, then retry."
+        )
 
     def _grafana_api(self, reached, path: str, user: str, password: str, extra: str = "") -> str:
         """The HTTP status of one request to Grafana's API as `user`, from where `reached`
