@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
+from infra.errors import SettingsError
+
 CORE = "core"
 SHARED = "shared"
 RUNNER = "runner"
@@ -259,3 +261,14 @@ def port_variables() -> dict[str, str]:
             for name, port in HOST_NETWORK_PORTS.items()
         },
     }
+
+
+def check_target(name: str, allowed: tuple[str, ...] | None = None) -> str:
+    """Validate a stack or environment name given on the command line."""
+    allowed = allowed or tuple(STACKS)
+    if name not in allowed:
+        raise SettingsError(
+            f"unknown {'environment' if set(allowed) <= set(ENVIRONMENTS) else 'target'} "
+            f"{name!r}. Valid: {', '.join(allowed)}."
+        )
+    return name

@@ -20,7 +20,7 @@ from dotenv.parser import parse_stream
 
 from infra import runner
 from infra.alerts import receivers
-from infra.catalog import ENVIRONMENTS, STACKS
+from infra.catalog import ENVIRONMENTS, STACKS, check_target  # noqa: F401 (re-exported)
 from infra.errors import SettingsError
 from infra.operations import config as operating
 
@@ -508,14 +508,3 @@ def parse_networks(value: str, where: str = "") -> tuple[ipaddress.IPv4Network, 
 def _absolute(root: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return (path if path.is_absolute() else root / path).resolve()
-
-
-def check_target(name: str, allowed: tuple[str, ...] | None = None) -> str:
-    """Validate a stack or environment name given on the command line."""
-    allowed = allowed or tuple(STACKS)
-    if name not in allowed:
-        raise SettingsError(
-            f"unknown {'environment' if set(allowed) <= set(ENVIRONMENTS) else 'target'} "
-            f"{name!r}. Valid: {', '.join(allowed)}."
-        )
-    return name

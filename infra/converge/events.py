@@ -13,8 +13,12 @@ import docker
 
 from infra.converge.state import ServiceState
 
-# After the first event of a burst, how long to gather the rest before one look.
+# After the first event of a burst, the rest are gathered before one look: for as long as the
+# next comes within EVENT_QUIET (the events of one action arrive milliseconds apart), at most
+# EVENT_GATHER in all. A lone event (a container turning healthy) is looked at after
+# EVENT_QUIET, not after the whole EVENT_GATHER: often the last a deploy waits for.
 EVENT_GATHER = 0.15
+EVENT_QUIET = 0.04
 
 
 class EventStream:
@@ -49,8 +53,9 @@ class EventStream:
         self._queue.put(None)
 
     def next(self, timeout: float) -> list[dict] | None:
-        """The events of the next burst: waits up to `timeout` for one, then EVENT_GATHER for
-        the rest. [] when none came; None once the stream has ended."""
+        """The events of the next burst: waits up to `timeout` for one, then gathers those
+        that follow within EVENT_QUIET of each other, for EVENT_GATHER at most. [] when none
+        came; None once the stream has ended."""
         if not self.alive:
             return None
         try:
@@ -60,7 +65,7 @@ class EventStream:
         burst = [first]
         gather_until = time.monotonic() + EVENT_GATHER
         while burst[-1] is not None:
-            remaining = gather_until - time.monotonic()
+            remaining = min(gather_until - time.monotonic(), EVENT_QUIET)
             if remaining <= 0:
                 break
             try:

@@ -25,7 +25,7 @@ POLL_WITHOUT_EVENTS = 1.0
 POLL_QUIET = (2.0, 4.0, 8.0, 16.0)
 # A container became healthy (or started, without a health check) but the manager does not
 # yet report its task running: look again after these delays, then leave it to the polls.
-FOLLOW_UPS = (0.25, 0.5, 1.0)
+FOLLOW_UPS = (0.1, 0.25, 0.5, 1.0)
 # Events are replayed from this many seconds before the wait (or its `since`), so nothing that
 # happened between the deploy and the subscription is missed (a replayed event costs one look).
 EVENT_REPLAY = 2.0

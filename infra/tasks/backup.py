@@ -5,8 +5,7 @@ from pathlib import Path
 
 from invoke import task
 
-from infra.catalog import ENVIRONMENTS, SHARED
-from infra.settings import check_target
+from infra.catalog import ENVIRONMENTS, SHARED, check_target
 from infra.tasks.common import HELP, operator_errors, settings
 
 

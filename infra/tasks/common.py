@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke.exceptions import Exit
 
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.errors import InfraError, SettingsError
-from infra.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 HELP = {
     "name": f"environment: {', '.join(ENVIRONMENTS)}",
@@ -32,6 +34,10 @@ HELP = {
 
 
 def settings() -> Settings:
+    # Imported here: `invoke --list` and `--help` never read the settings (with .env's
+    # parser, the runner and the receivers: some 20 ms of a 0.3 s goal).
+    from infra.settings import load_settings
+
     return load_settings()
 
 

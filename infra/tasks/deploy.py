@@ -3,8 +3,7 @@
 from invoke import task
 from invoke.exceptions import Exit
 
-from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED
-from infra.settings import check_target
+from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED, check_target
 from infra.tasks.common import HELP, locked, number, operator_errors, settings
 
 OPTIONS = {

@@ -4,8 +4,7 @@ import json
 
 from invoke import task
 
-from infra.catalog import STACKS
-from infra.settings import check_target
+from infra.catalog import STACKS, check_target
 from infra.tasks.common import HELP, operator_errors, settings
 
 

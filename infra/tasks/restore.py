@@ -4,8 +4,7 @@ from pathlib import Path
 
 from invoke import task
 
-from infra.catalog import ENVIRONMENTS
-from infra.settings import check_target
+from infra.catalog import ENVIRONMENTS, check_target
 from infra.tasks.common import HELP, locked, operator_errors, settings
 
 

@@ -2,8 +2,7 @@
 
 from invoke import task
 
-from infra.catalog import CORE, ENVIRONMENTS, SHARED
-from infra.settings import check_target
+from infra.catalog import CORE, ENVIRONMENTS, SHARED, check_target
 from infra.tasks.common import HELP, locked, operator_errors, settings
 
 OPTIONS = {

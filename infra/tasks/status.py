@@ -15,17 +15,22 @@ def status(c, verbose=False, json_=False):
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from infra import backup, engine, report
-    from infra.backup import records
-    from infra.catalog import ENVIRONMENTS
+    from infra import engine, report
 
     config = settings()
     client = engine.connect(config.docker_host)
-    engine.require_manager(client)
-    # Alertmanager is asked inside its container (an exec, the slowest part): meanwhile the
-    # swarm is read (every service once, for the table and the nodes) and the records.
+    # Alertmanager is asked inside its container (an exec: the engine's slowest answer, some
+    # 0.2 s), so it is asked first: meanwhile this thread checks the engine is a manager,
+    # loads what the rest needs and reads the swarm (every service once, for the table and
+    # the nodes) and the records. If the engine is no manager, the error below is the one
+    # said; the thread's answer is never read.
     with ThreadPoolExecutor(max_workers=1) as pool:
         asked = pool.submit(report.alert_summary, client)
+        engine.require_manager(client)
+        from infra import backup
+        from infra.backup import records
+        from infra.catalog import ENVIRONMENTS
+
         services = client.services.list(status=True)
         text, rows = report.status_table(client, verbose=verbose, services=services)
         backups, backup_lines = report.backup_summary(backup.last_records(config, backup.TARGETS))

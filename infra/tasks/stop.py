@@ -2,8 +2,7 @@
 
 from invoke import task
 
-from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED, STOP_ALL
-from infra.settings import check_target
+from infra.catalog import CORE, ENVIRONMENTS, RUNNER, SHARED, STOP_ALL, check_target
 from infra.tasks.common import HELP, locked, operator_errors, settings
 
 OPTIONS = {

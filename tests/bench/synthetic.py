@@ -29,7 +29,7 @@ def stack_file(image: str, services: int = SERVICES) -> dict:
             "timeout": "5s",
             "retries": 3,
             "start_period": "30s",
-            "start_interval": "1s",
+            "start_interval": "500ms",
         },
         "deploy": {
             "replicas": 1,

@@ -234,6 +234,21 @@ def test_health_checks_probe_often_while_starting_and_rarely_after(rendered):
     assert checked, f"stack {stack.name} has no health check to look at"
 
 
+def test_traefik_health_check_asks_the_ping_of_its_static_configuration(settings, values):
+    """The probe is busybox wget (not `traefik healthcheck`, which starts the whole binary
+    again), so it must ask what that subcommand asks: /ping on the entry point the static
+    configuration gives ping, on that entry point's port, and fail on anything but 2xx."""
+    import yaml
+
+    static = yaml.safe_load((REPO_ROOT / "configs" / "traefik" / "traefik.yml").read_text())
+    entry_point = static["ping"]["entryPoint"]
+    port = static["entryPoints"][entry_point]["address"].rsplit(":", 1)[1]
+    stack = planning.plan_stack("core", settings, values)
+    config = engine.render_stack([str(p) for p in stack.files], stack.variables)
+    test = config["services"]["traefik"]["healthcheck"]["test"]
+    assert test == ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}/ping"]
+
+
 def test_collectors_are_global_and_traefik_runner_on_managers(rendered):
     stack, config = rendered
     for name, service in config["services"].items():

@@ -329,12 +329,13 @@ def test_start_script_runs_the_deploy_task_from_any_directory(operator_env, tmp_
     assert "plan for stg" in result.stdout
 
 
-def test_listing_the_tasks_loads_neither_the_docker_sdk_nor_passlib():
+def test_listing_the_tasks_loads_neither_the_docker_sdk_nor_passlib_nor_the_settings():
     loaded = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, tasks; print(sorted({'docker', 'passlib'} & set(sys.modules)))",
+            "import sys, tasks; "
+            "print(sorted({'docker', 'passlib', 'infra.settings', 'dotenv'} & set(sys.modules)))",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -342,3 +343,28 @@ def test_listing_the_tasks_loads_neither_the_docker_sdk_nor_passlib():
         check=True,
     )
     assert loaded.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("environ", "writes"),
+    [({}, "False"), ({"PYTHONDONTWRITEBYTECODE": "1"}, "True")],
+    ids=["python-writes-bytecode", "PYTHONDONTWRITEBYTECODE-set"],
+)
+def test_the_task_package_gives_bytecode_writing_back_to_pythons_own_setting(environ, writes):
+    """invoke turns writing bytecode off before it loads tasks.py; infra.tasks turns it back
+    to what Python was told (so each `invoke` does not compile infra again)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.dont_write_bytecode = True; import infra.tasks; "
+            "print(sys.dont_write_bytecode)",
+        ],
+        cwd=REPO_ROOT,
+        env={**env, **environ},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == writes
