@@ -496,10 +496,7 @@ def shared_round_trip(platform, tmp_path_factory):
     platform.deploy("core")
     platform.deploy("shared")
     seeded = seed_and_back_up(platform, "restore", tmp_path_factory.mktemp("shared-backups"))
-    s3, bucket, n8n_data, n8n = seeded.s3, seeded.bucket, seeded.n8n_data, seeded.n8n
-    before, made, source, root, probe = (
-        seeded.before, seeded.made, seeded.source, seeded.root, seeded.probe
-    )  # fmt: skip
+    s3, bucket, source, root = seeded.s3, seeded.bucket, seeded.source, seeded.root
     # What happens after the backup, which the restore must undo.
     change_after_backup(seeded)
     s3.put_object(  # the same bytes, another type and metadata
@@ -510,23 +507,18 @@ def shared_round_trip(platform, tmp_path_factory):
         Metadata={"changed": "yes"},
     )
     changed = _object_state(s3, bucket)
-    assert changed != before
+    assert changed != seeded.before
 
     refused = platform.invoke("restore.shared", f"--from={source}", BACKUP_ROOT=str(root))
+    n8n_data = seeded.n8n_data
     shared_data = set(n8n_data.parent.iterdir())
     after_refusal = _object_state(s3, bucket), sorted((root / "shared").iterdir())
     restored = platform.invoke("restore.shared", f"--from={source}", "--yes", BACKUP_ROOT=str(root))
     assert restored.returncode == 0, restored.stdout + restored.stderr
-    print(made.stdout, restored.stdout, sep="\n")
+    print(seeded.made.stdout, restored.stdout, sep="\n")
     yield {
         "seeded": seeded,
-        "bucket": bucket,
-        "before": before,
         "changed": changed,
-        "source": source,
-        "root": root,
-        "probe": probe,
-        "n8n": n8n,
         "refused": refused,
         "after_refusal": after_refusal,
         "restore_output": restored.stdout,
@@ -539,12 +531,12 @@ def test_restore_shared_without_yes_refused_and_changed_nothing(shared_round_tri
     _one_line(shared_round_trip["refused"], "--yes")
     objects, backups = shared_round_trip["after_refusal"]
     assert objects == shared_round_trip["changed"]
-    assert backups == [shared_round_trip["source"]]  # not even a before-restore backup
+    assert backups == [shared_round_trip["seeded"].source]  # not even a before-restore backup
 
 
 def test_every_object_is_back_with_its_bytes_type_and_metadata(platform, shared_round_trip):
-    state = _object_state(platform.s3(), shared_round_trip["bucket"])
-    assert state == shared_round_trip["before"]
+    state = _object_state(platform.s3(), shared_round_trip["seeded"].bucket)
+    assert state == shared_round_trip["seeded"].before
     # What the fixture put is there (S3 metadata names are case-insensitive; HTTP proxies
     # such as Traefik may send them capitalised).
     content_type, metadata = state["reports/2026/summary.csv"][1:]
@@ -563,11 +555,11 @@ def test_a_bucket_deleted_after_the_backup_is_made_again_with_its_objects(
 
 
 def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
-    root = shared_round_trip["root"]
+    root = shared_round_trip["seeded"].root
     saved = [p for p in (root / "shared").iterdir() if p.name.endswith("-before-restore")]
     assert len(saved) == 1, saved
     assert str(saved[0]) in shared_round_trip["restore_output"]
-    bucket = shared_round_trip["bucket"]
+    bucket = shared_round_trip["seeded"].bucket
     manifest = json.loads((saved[0] / "manifest.json").read_text())
     objects = manifest["s3"]["buckets"][bucket]["objects"]
     assert "images/probe.bin" not in objects  # deleted after the backup, so not there then
@@ -576,12 +568,12 @@ def test_the_shared_stacks_state_before_the_restore_is_saved(shared_round_trip):
 
 def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
-    data = assert_probe_restored(platform, shared_round_trip["probe"])
+    data = assert_probe_restored(platform, shared_round_trip["seeded"].probe)
     aside = [p for p in data.parent.iterdir() if p.name.startswith("n8n.before-restore-")]
     assert len(aside) == 1, aside
     assert (aside[0] / "after-backup.txt").read_text() == "not in the backup"
     assert str(aside[0]) in shared_round_trip["restore_output"]
-    source = shared_round_trip["source"]
+    source = shared_round_trip["seeded"].source
     entries = json.loads((source / "manifest.json").read_text())["data"]["n8n"]["entries"]
     root = data.stat()
     assert (root.st_uid, root.st_gid, root.st_mode & 0o7777) == (
@@ -593,7 +585,7 @@ def test_n8ns_files_are_back_with_their_owner_and_mode(platform, shared_round_tr
 
 def test_n8ns_database_is_back_and_n8n_runs_on_it(platform, shared_round_trip):
     platform.require("N8N_IMAGE")
-    source = shared_round_trip["source"]
+    source = shared_round_trip["seeded"].source
     data = platform.settings.data_root / "shared" / "n8n"
     assert (source / "n8n" / "database.sqlite").is_file()
     copy = Path(shutil.copy(data / "database.sqlite", source.parent / "live.sqlite"))
@@ -612,7 +604,7 @@ def test_n8ns_database_is_back_and_n8n_runs_on_it(platform, shared_round_trip):
 
 def test_grafanas_data_is_back(platform, shared_round_trip):
     platform.require("GRAFANA_IMAGE")
-    source = shared_round_trip["source"]
+    source = shared_round_trip["seeded"].source
     data = platform.settings.data_root / "shared" / "grafana"
     assert (data / "grafana.db").is_file()
     assert _tables(source / "grafana" / "grafana.db") <= _tables(data / "grafana.db")

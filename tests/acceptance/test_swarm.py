@@ -344,26 +344,19 @@ def shared_remote_round_trip(shared_on_worker, tmp_path_factory):
     platform = shared_on_worker
     started = time.monotonic()
     seeded = seed_and_back_up(platform, "remote", tmp_path_factory.mktemp("shared-remote-backups"))
-    s3, bucket, n8n_data, n8n = seeded.s3, seeded.bucket, seeded.n8n_data, seeded.n8n
-    before, made, source, root, probe = (
-        seeded.before, seeded.made, seeded.source, seeded.root, seeded.probe
-    )  # fmt: skip
     change_after_backup(seeded)
-    assert _object_state(s3, bucket) != before
+    assert _object_state(seeded.s3, seeded.bucket) != seeded.before
+    n8n_data = seeded.n8n_data
     shared_data = set(n8n_data.parent.iterdir())
-    restored = platform.invoke("restore.shared", f"--from={source}", "--yes", BACKUP_ROOT=str(root))
+    restored = platform.invoke(
+        "restore.shared", f"--from={seeded.source}", "--yes", BACKUP_ROOT=str(seeded.root)
+    )
     assert restored.returncode == 0, restored.stdout + restored.stderr
-    print(made.stdout, restored.stdout, sep="\n")
+    print(seeded.made.stdout, restored.stdout, sep="\n")
     took = time.monotonic() - started
     print(f"acceptance: shared backup and restore across nodes in {took:.0f} s")
     yield {
         "seeded": seeded,
-        "bucket": bucket,
-        "before": before,
-        "source": source,
-        "probe": probe,
-        "n8n": n8n,
-        "backup_output": made.stdout,
         "restore_output": restored.stdout,
         "aside": set(n8n_data.parent.iterdir()) - shared_data,
     }
@@ -373,15 +366,15 @@ def shared_remote_round_trip(shared_on_worker, tmp_path_factory):
 
 def test_shared_backup_from_the_manager_reads_the_worker_and_is_verified(shared_remote_round_trip):
     trip = shared_remote_round_trip
-    output = trip["backup_output"]
+    output = trip["seeded"].made.stdout
     assert "shared_seaweedfs runs on another node" in output, output
-    manifest = json.loads((trip["source"] / "manifest.json").read_text())
-    assert set(manifest["s3"]["buckets"][trip["bucket"]]["objects"]) == set(OBJECTS)
-    if trip["n8n"]:
+    manifest = json.loads((trip["seeded"].source / "manifest.json").read_text())
+    assert set(manifest["s3"]["buckets"][trip["seeded"].bucket]["objects"]) == set(OBJECTS)
+    if trip["seeded"].n8n:
         assert "n8n's data copied from" in output and "on node" in output, output
         entry = manifest["data"]["n8n"]["entries"][PROBE]
         assert (entry["uid"], entry["gid"], entry["mode"]) == (1000, 1000, 0o640)
-        assert (trip["source"] / "n8n" / PROBE).read_bytes() == trip["probe"]
+        assert (trip["seeded"].source / "n8n" / PROBE).read_bytes() == trip["seeded"].probe
         assert manifest["data"]["n8n"]["sqlite"]["database.sqlite"] == "ok"
 
 
@@ -390,7 +383,7 @@ def test_restore_shared_from_the_manager_gives_the_objects_back(
 ):
     trip = shared_remote_round_trip
     s3 = shared_on_worker.s3()
-    assert _object_state(s3, trip["bucket"]) == trip["before"]
+    assert _object_state(s3, trip["seeded"].bucket) == trip["seeded"].before
     # The bucket deleted after the backup is made again from the manager.
     assert_gone_bucket_restored(shared_on_worker, trip["seeded"], trip["restore_output"])
     _no_transfer_left(shared_on_worker)
@@ -402,7 +395,7 @@ def test_restore_shared_from_the_manager_gives_n8ns_files_back_and_n8n_runs(
     platform = shared_on_worker
     platform.require("N8N_IMAGE")
     trip = shared_remote_round_trip
-    assert_probe_restored(platform, trip["probe"])
+    assert_probe_restored(platform, trip["seeded"].probe)
     (aside,) = [p for p in trip["aside"] if p.name.startswith("n8n.before-restore-")]
     assert (aside / "after-backup.txt").read_text() == "not in the backup"
     node = placement.hostname(platform.client.nodes.get(_node_of(platform, "shared_n8n")))
