@@ -37,6 +37,7 @@ from infra.plan import (
     Plan,
     StackPlan,
     deploy_order,
+    override_update_monitor,
     plan_deploy,
     scale_reservations,
 )
@@ -355,6 +356,7 @@ def render(stack: StackPlan, report: Report | None = None) -> dict:
     (LABEL_SPEC_HASH). Client-side; the live diff and the history read the same."""
     rendered = engine.render_stack([str(p) for p in stack.files], stack.variables)
     rendered = scale_reservations(rendered, stack.reservations_scale)
+    rendered = override_update_monitor(rendered, stack.update_monitor)
     for name in stack.disabled:
         rendered["services"].pop(name, None)
         if report:

@@ -85,6 +85,7 @@ class StackPlan:
     resolve_image: str = "changed"
     disabled: tuple[str, ...] = ()  # services of the stack files left out (DISABLED_SERVICES)
     reservations_scale: Decimal = Decimal(1)  # RESERVATIONS_SCALE, applied to the rendered stack
+    update_monitor: str = ""  # UPDATE_MONITOR, applied to the rendered stack; "": the files'
 
     def deploy_command(self) -> list[str]:
         """The stack is rendered by config_command() and read from stdin: only its changed
@@ -355,6 +356,7 @@ def plan_stack(
         resolve_image=settings.get("RESOLVE_IMAGE") or "changed",
         disabled=disabled,
         reservations_scale=settings.reservations_scale,
+        update_monitor=settings.update_monitor,
     )
 
 
@@ -388,6 +390,20 @@ def scale_reservations(rendered: dict, scale: Decimal) -> dict:
             memory = int(memory_bytes(reservations["memory"]) * scale)
             reservations["memory"] = str(max(memory, 1))
     return scaled
+
+
+def override_update_monitor(rendered: dict, monitor: str) -> dict:
+    """The rendered stack with the monitor period of every service's update and rollback
+    config set to `monitor` (UPDATE_MONITOR); "" leaves the stack files' own."""
+    if not monitor:
+        return rendered
+    changed = copy.deepcopy(rendered)
+    for service in (changed.get("services") or {}).values():
+        for key in ("update_config", "rollback_config"):
+            config = (service.get("deploy") or {}).get(key)
+            if config is not None:
+                config["monitor"] = monitor
+    return changed
 
 
 def deploy_order(target: str) -> tuple[str, ...]:

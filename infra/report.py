@@ -50,6 +50,11 @@ def _stack_lines(stack: StackPlan, root: Path) -> list[str]:
             f"  resources   every reservation x {stack.reservations_scale} (RESERVATIONS_SCALE); "
             "limits as in the stack files"
         )
+    if stack.update_monitor:
+        lines.append(
+            f"  updates     monitored for {stack.update_monitor} (UPDATE_MONITOR); "
+            "the stack files say otherwise"
+        )
     render = shlex.join(stack.config_command()).replace(f"{root}/", "")
     deploy = shlex.join(stack.deploy_command())
     lines.append(f"  command     {render} | (changed services only) {deploy}")

@@ -84,6 +84,10 @@ DEFAULTS: dict[str, str | None] = {
     # are not: for a node smaller than the original's reservations (stacks/README.md,
     # Small nodes).
     "RESERVATIONS_SCALE": "1",
+    # Set (5s, 1m): every update and rollback monitor period of the rendered stacks, in place of
+    # the stack files' own (30 s, the runner's 60 s). Empty: the stack files' values. For a
+    # test swarm, where each rolling update would otherwise wait out the full period.
+    "UPDATE_MONITOR": "",
     # The deploy lock's TTL, and how much history and how many old versions the swarm keeps
     # (infra/operations/config.py).
     **operating.DEFAULTS,
@@ -92,6 +96,7 @@ DEFAULTS: dict[str, str | None] = {
 
 _PROJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _RESOLVE_IMAGE = ("always", "changed", "never")
+_UPDATE_MONITOR = re.compile(r"[1-9][0-9]*(ms|s|m)")
 
 
 @dataclass(frozen=True)
@@ -279,6 +284,10 @@ class Settings:
         return Decimal(self.values["RESERVATIONS_SCALE"])
 
     @property
+    def update_monitor(self) -> str:
+        return self.values["UPDATE_MONITOR"]
+
+    @property
     def runner_replicas(self) -> int:
         return int(self.values["RUNNER_REPLICAS"])
 
@@ -403,6 +412,11 @@ def _validate(values: Mapping[str, str], env_file: Path | None) -> None:
         raise SettingsError(
             f"RESERVATIONS_SCALE={values['RESERVATIONS_SCALE']!r}{where} is not a number above "
             "0 and at most 1 (e.g. 0.5 halves every reservation). Fix it in .env."
+        )
+    if values["UPDATE_MONITOR"] and not _UPDATE_MONITOR.fullmatch(values["UPDATE_MONITOR"]):
+        raise SettingsError(
+            f"UPDATE_MONITOR={values['UPDATE_MONITOR']!r}{where} is not a duration like 5s or "
+            "1m (or empty: the stack files' own monitor periods). Fix it in .env."
         )
     if values["RESOLVE_IMAGE"] not in _RESOLVE_IMAGE:
         raise SettingsError(

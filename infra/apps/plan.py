@@ -31,6 +31,7 @@ class AppPlan:
     variables: Mapping[str, str] = field(repr=False)
     resolve_image: str = "changed"
     reservations_scale: Decimal = Decimal(1)
+    update_monitor: str = ""
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -49,6 +50,7 @@ class AppPlan:
             ports={},
             resolve_image=self.resolve_image,
             reservations_scale=self.reservations_scale,
+            update_monitor=self.update_monitor,
         )
 
 
@@ -96,4 +98,5 @@ def plan_app(app: AppFile, settings: Settings, secret_values: Mapping[str, str] 
         variables=settings.engine_variables(),
         resolve_image=settings.get("RESOLVE_IMAGE") or "changed",
         reservations_scale=settings.reservations_scale,
+        update_monitor=settings.update_monitor,
     )

@@ -10,7 +10,8 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import docker
@@ -59,6 +60,10 @@ class Services:
     close()."""
 
     client: docker.DockerClient
+    # n8n allows 5 logins a minute per account (its /rest/login limiter): a check that meets
+    # the limit waits for the window to pass, in these steps, rather than fail the rotation.
+    n8n_limit_wait: tuple[float, ...] = (15.0, 15.0, 15.0, 20.0)
+    sleep: Callable[[float], None] = time.sleep
     _reached: dict = field(default_factory=dict)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -201,11 +206,20 @@ class Services:
             " e => { console.error(String(e)); process.exit(1); }))"
         )
         body = json.dumps({"emailOrLdapLoginId": email, "password": password})
-        code, out, err = self._exec("shared_n8n", ["node", "-e", script], body, reached)
+        for wait in (*self.n8n_limit_wait, None):
+            code, out, err = self._exec("shared_n8n", ["node", "-e", script], body, reached)
+            if out.strip() != "429" or wait is None:
+                break
+            self.sleep(wait)
         if out.strip() == "200":
             return True
         if out.strip() == "401":
             return False
+        if out.strip() == "429":
+            raise EngineError(
+                "shared_n8n refuses more logins for now (HTTP 429: it allows 5 a minute per "
+                "account). Retry the rotation in a minute."
+            )
         raise EngineError(f"shared_n8n did not answer its login: {_first_line(err or out, code)}")
 
 

@@ -48,6 +48,13 @@ ARTIFACT_LOG_LINES = 200
 # reservations of the whole platform add up to (stacks/README.md, Small nodes): every
 # reservation is halved, limits stay. tests/unit/test_resources.py checks the sum fits.
 RESERVATIONS_SCALE = "0.5"
+# Every rolling update and rollback is monitored for this long instead of the stack files'
+# 30 s (UPDATE_MONITOR), so a test's deploy does not wait out half a minute per changed
+# service. A task that fails its health check fails before the monitor starts, so rollbacks
+# of broken updates are exercised as before.
+UPDATE_MONITOR = "5s"
+# n8n's login limiter counts 5 logins a minute per account (Platform.n8n_login).
+N8N_LOGIN_WINDOW = 65.0
 
 
 # Seconds each module keeps one worker busy on the CI machine (the suite's profile of
@@ -143,6 +150,7 @@ def swarm_settings(
         "RESOLVE_IMAGE": "never",
         "DISABLED_SERVICES": ",".join(disabled),
         "RESERVATIONS_SCALE": RESERVATIONS_SCALE,
+        "UPDATE_MONITOR": UPDATE_MONITOR,
         # Old config and secret versions are pruned at once, as the modules that check pruning
         # expect whatever deploys other modules recorded; test_lock.py keeps them (default 3).
         "ROLLBACK_KEEP": "0",
@@ -295,6 +303,20 @@ class Platform:
         url = f"http://127.0.0.1:{self.port(CORE_PORTS['web'])}{path}"
         headers = {"Host": host, **kwargs.pop("headers", {})}
         return requests.get(url, headers=headers, timeout=10, **kwargs)
+
+    def n8n_login(self, email: str, password: str) -> requests.Response:
+        """n8n's REST login through Traefik, as a browser sends it. n8n allows 5 logins a
+        minute per account and answers 429 beyond that; modules that log in as the owner can
+        follow each other within the minute on one swarm, so a 429 is waited out (up to
+        N8N_LOGIN_WINDOW) and the login's own answer returned."""
+        url = f"http://127.0.0.1:{self.port(CORE_PORTS['web'])}/rest/login"
+        body = {"emailOrLdapLoginId": email, "password": password}
+        deadline = time.monotonic() + N8N_LOGIN_WINDOW
+        while True:
+            response = requests.post(url, json=body, headers={"Host": "n8n.localhost"}, timeout=30)
+            if response.status_code != 429 or time.monotonic() > deadline:
+                return response
+            time.sleep(5)
 
     def wait_for(self, check, timeout: float = 120, interval: float = 0.5, what: str = ""):
         """Poll `check` until it returns a truthy value; fail with its last result or error."""

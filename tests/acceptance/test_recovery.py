@@ -20,7 +20,9 @@ import redis
 from infra import converge, engine
 
 SERVICE = "dev_redis"
-FAULT_SECONDS = 180  # longer than the old policy's 5 attempts in 120 s by far
+# The old policy gave up after 5 attempts, 5 s apart: about 25 s. A minute is more than twice
+# that, and long enough for a dozen rejected tasks.
+FAULT_SECONDS = 60
 # Redis fsyncs its AOF once a second: a key older than this survives a kill.
 AOF_FSYNC_MARGIN = 2.0
 
@@ -107,7 +109,7 @@ def _moved_away(directory: Path) -> Path:
     return aside
 
 
-def test_a_three_minute_fault_ends_with_the_service_back_by_itself(dev):
+def test_a_fault_past_the_old_retry_limit_ends_with_the_service_back_by_itself(dev):
     marker = _write_marker(dev)
     # ok, or rolled-back when an earlier module left a rolled-back update behind.
     health_before = _status_of(dev)["health"]

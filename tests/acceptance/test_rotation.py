@@ -16,11 +16,9 @@ import subprocess
 import psycopg
 import pytest
 import redis
-import requests
 from botocore.exceptions import ClientError
 
 from infra import engine, rotate
-from infra.catalog import CORE_PORTS
 from infra.plan import LABEL_KEY, LABEL_STACK
 
 
@@ -244,31 +242,21 @@ def test_grafana_admin_password_rotation_is_live_and_refuses_the_old_one(dev):
     _assert_finished(dev, result, old)
 
 
-def _n8n_login(platform, email: str, password: str) -> int:
-    response = requests.post(
-        f"http://127.0.0.1:{platform.port(CORE_PORTS['web'])}/rest/login",
-        json={"emailOrLdapLoginId": email, "password": password},
-        headers={"Host": "n8n.localhost"},
-        timeout=30,
-    )
-    return response.status_code
-
-
 def rotate_n8n_password(platform) -> subprocess.CompletedProcess[str]:
     """Once n8n accepts the owner password of secrets.yml, rotate it: the new one logs in
     through Traefik, the old one is refused, and no value was printed."""
     values = platform.secrets()
     user, old = values["n8n_user"], values["n8n_password"]
     platform.wait_for(
-        lambda: _n8n_login(platform, user, old) == 200,
+        lambda: platform.n8n_login(user, old).status_code == 200,
         timeout=180,
         what="n8n to accept the owner password of secrets.yml",
     )
     result = _rotate(platform, "n8n_password")
     new = platform.secrets()["n8n_password"]
     assert new != old
-    assert _n8n_login(platform, user, new) == 200
-    assert _n8n_login(platform, user, old) == 401
+    assert platform.n8n_login(user, new).status_code == 200
+    assert platform.n8n_login(user, old).status_code == 401
     _assert_finished(platform, result, old)
     return result
 

@@ -290,10 +290,6 @@ def _n8n_post(shared, path: str, body: dict) -> requests.Response:
     return requests.post(url, json=body, headers={"Host": "n8n.localhost"}, timeout=30)
 
 
-def _n8n_login(shared, email: str, password: str) -> requests.Response:
-    return _n8n_post(shared, "/rest/login", {"emailOrLdapLoginId": email, "password": password})
-
-
 def _assert_n8n_is_claimed(shared):
     """The owner of secrets.yml logs in; an anonymous owner setup is refused and its
     credentials are no account."""
@@ -312,8 +308,8 @@ def _assert_n8n_is_claimed(shared):
     }
     refused = _n8n_post(shared, "/rest/owner/setup", intruder)
     assert refused.status_code in (400, 401, 403), refused.text
-    assert _n8n_login(shared, intruder["email"], intruder["password"]).status_code == 401
-    login = _n8n_login(shared, values["n8n_user"], values["n8n_password"])
+    assert shared.n8n_login(intruder["email"], intruder["password"]).status_code == 401
+    login = shared.n8n_login(values["n8n_user"], values["n8n_password"])
     assert login.status_code == 200, login.text
     assert login.json()["data"]["role"] == "global:owner"
     assert login.json()["data"]["email"] == values["n8n_user"]

@@ -244,12 +244,19 @@ class Log:
         with self.path.open("a") as out:
             out.write(f"\n$ {' '.join(argv[:6])}{' ...' if len(argv) > 6 else ''}\n")
             out.flush()
+            started = time.monotonic()
             result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+            # Each step's time, to see where a slow build spends it.
+            out.write(f"# {what}: exit {result.returncode} in {time.monotonic() - started:.1f} s\n")
         if result.returncode != 0:
             raise BuildError(
                 f"{what} failed (exit {result.returncode}); "
                 f"last lines of {self.path}:\n{self.tail()}"
             )
+
+    def note(self, line: str) -> None:
+        with self.path.open("a") as out:
+            out.write(f"# {line}\n")
 
     def tail(self, lines: int = 25) -> str:
         return "\n".join("    " + line for line in self.path.read_text().splitlines()[-lines:])
@@ -617,6 +624,7 @@ def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[st
                 "npm_config_update_notifier": "false",
                 "npm_config_fund": "false",
                 "npm_config_audit": "false",
+                **{key: str(value) for key, value in (spec.get("env") or {}).items()},
             },
         )
         package_json = (
@@ -802,7 +810,9 @@ def build_one(
             f"{LABEL}.sources": "; ".join(sources),
             f"{LABEL}.recipe-hash": digest,
         }
+        importing = time.monotonic()
         docker_import(client, root, standin, import_changes(standin, labels))
+        log.note(f"{standin.name}: docker import in {time.monotonic() - importing:.1f} s")
     finally:
         remove_tree(root)
     if previous:

@@ -447,6 +447,37 @@ def test_n8n_on_another_node_is_checked_from_a_companion_through_tasks_dns():
     assert '"http://tasks.shared_n8n:5678/rest/login"' in command[2]
 
 
+class RateLimitedN8n(FakeN8n):
+    """n8n's login limiter: the first `limited` logins get 429."""
+
+    def __init__(self, limited: int):
+        super().__init__("unused")
+        self.limited = limited
+        self.slept: list[float] = []
+        self.sleep = self.slept.append
+
+    def _exec(self, service, command, stdin, reached=None):
+        if self.limited:
+            self.limited -= 1
+            self.execs.append((service, command, stdin))
+            return 0, "429\n", ""
+        return super()._exec(service, command, stdin, reached)
+
+
+def test_n8n_login_limit_is_waited_out_before_the_check_answers():
+    services = RateLimitedN8n(limited=2)
+    assert services.n8n_accepts("owner@example.test", "the-password")
+    assert len(services.execs) == 3
+    assert services.slept == list(services.n8n_limit_wait[:2])
+
+
+def test_n8n_login_limit_that_outlasts_the_waits_is_one_line_saying_retry():
+    services = RateLimitedN8n(limited=len(rotate.Services.n8n_limit_wait) + 1)
+    with pytest.raises(EngineError, match=r"^shared_n8n refuses more logins for now .*Retry"):
+        services.n8n_accepts("owner@example.test", "the-password")
+    assert sum(services.slept) >= 60  # n8n's window is a minute
+
+
 def _curl_config(text: str) -> dict[str, str]:
     """curl's configuration file as curl reads it: `name = "value"`, with backslash escapes
     inside the quotes."""
