@@ -43,7 +43,7 @@ CACHE = HERE / ".cache"
 TAG_PREFIX = "nextcandle-standin/"
 LABEL = "org.nextcandle.standin"
 # Bump when the way a recipe becomes an image changes, so every stand-in is rebuilt once.
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2
 # Bump when the way the shared root filesystem is prepared changes.
 ROOTFS_FORMAT = 1
 
@@ -605,9 +605,11 @@ def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[st
         script += (
             f"cd {shlex.quote(prefix)}\n"
             f"{npm} install --omit=dev --loglevel=error\n"
-            # Source maps and compiler intermediates are not needed to run; they are a third of
-            # the files, and the file count is what makes `docker import` slow.
-            "find node_modules -type f -name '*.map' -delete\n"
+            # Source maps, TypeScript's declaration files and compiler intermediates are not
+            # needed to run; they are more than half of the files, and the file count is what
+            # makes `docker import` (and every later `docker save | load`) slow.
+            "find node_modules -type f \\( -name '*.map' -o -name '*.d.ts' -o -name '*.d.mts'"
+            " -o -name '*.d.cts' \\) -delete\n"
             "find node_modules -type d \\( -name obj.target -o -name obj \\)"
             " -path '*/build/Release/*' -prune -exec rm -rf {} +\n"
         )
