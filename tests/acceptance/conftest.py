@@ -58,33 +58,34 @@ N8N_LOGIN_WINDOW = 65.0
 
 
 # Seconds each module keeps one worker busy on the CI machine (the suite's profile of
-# 2026-12-01 at d68f2bd: 24 min 43 s on two workers, one idle for its last 7 min), rounded.
+# 2026-12-02 at 6066c1e: four workers, updates monitored 5 s; the first module of each worker
+# also paid for the image seed and the swarm, taken off here), rounded.
 # With `--dist loadfile` a free worker takes the next module in collection order; the longest
 # first leaves the short ones to fill the gaps at the end, so the workers finish together
-# instead of one running a six-minute module alone. A module missing here counts as short:
+# instead of one running a five-minute module alone. A module missing here counts as short:
 # it runs among the last.
 MODULE_SECONDS = {
-    "test_recovery.py": 360,
-    "test_rotation.py": 300,
-    "test_dashboards.py": 260,
-    "test_alerts.py": 280,
-    "test_operations.py": 265,
-    "test_shared.py": 230,
-    "test_persistence.py": 160,
-    "test_backup_offsite.py": 125,
-    "test_lock.py": 120,
-    "test_backup.py": 75,
+    "test_alerts.py": 310,
+    "test_operations.py": 255,
+    "test_rotation.py": 205,
+    "test_persistence.py": 175,
+    "test_recovery.py": 165,
+    "test_backup_offsite.py": 145,
+    "test_dashboards.py": 115,
+    "test_shared.py": 105,
+    "test_lock.py": 70,
+    "test_mistakes.py": 70,
+    "test_backup.py": 65,
     "test_backup_drill.py": 60,
     "test_app.py": 55,
-    "test_hygiene.py": 40,
-    "test_mistakes.py": 30,
+    "test_hygiene.py": 55,
+    "test_ports.py": 40,
+    "test_swarm.py": 20,
     "test_node_exporter.py": 20,
-    "test_isolation.py": 15,
+    "test_isolation.py": 20,
+    "test_env.py": 10,
     "test_tasks.py": 10,
-    "test_env.py": 8,
-    "test_core.py": 6,
-    "test_swarm.py": 3,
-    "test_ports.py": 1,
+    "test_core.py": 10,
 }
 
 
