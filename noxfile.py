@@ -27,7 +27,7 @@ def unit(session: nox.Session) -> None:
     # promtool for the alert rule tests, from Debian's package; reused once fetched. Should the
     # fetch fail, its message stands and the rule tests fail saying what is missing.
     session.run("bash", ".ci/promtool", external=True, success_codes=[0, 1])
-    session.run("pytest", *(session.posargs or ("tests/unit",)))
+    session.run("pytest", *(session.posargs or ("tests/unit", "-n", "2")))
 
 
 @nox.session(python=PYTHON, default=False)

@@ -36,6 +36,7 @@ from tests.acceptance.images import (
     ImageChoice,
     choose_images,
     missing_image_outcome,
+    node_images,
 )
 
 DEPLOY_TIMEOUT = float(os.environ.get("ACCEPTANCE_DEPLOY_TIMEOUT", "600"))
@@ -405,8 +406,7 @@ def platform(request) -> Platform:
         outer=outer,
     )
     try:
-        refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
-        swarm.start(images=refs)
+        swarm.start(images=node_images(images))
         if len(swarm.nodes) > 1:
             # As an operator of a bigger swarm does first (`invoke swarm.label`): the manager
             # holds the environments' data; a deploy refuses while no node is labelled.

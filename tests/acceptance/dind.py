@@ -79,7 +79,7 @@ class DindSwarm:
     def start(self, images: tuple[str, ...] | list[str] = (), timeout: float = 120) -> None:
         """Start the nodes with `images` in their engines, and form the swarm."""
         self.outer.networks.create(self.network_name, driver="bridge", labels={LABEL: self.run_id})
-        seed = self._image_seed(list(images)) if images else None
+        seed = self.image_seed(list(images)) if images else None
         for index in range(self.node_count):
             self.nodes.append(self._start_node(index, publish=index == 0, seed=seed))
         deadline = time.monotonic() + timeout
@@ -238,7 +238,7 @@ class DindSwarm:
                     if failure:
                         raise RuntimeError(f"loading images into {node.name} failed: {failure}")
 
-    def _image_seed(self, refs: list[str]) -> Path | None:
+    def image_seed(self, refs: list[str]) -> Path | None:
         """The directory of a kept volume whose image store holds exactly `refs` (built the
         first time); None where engine volumes cannot be read as files here."""
         if os.geteuid() != 0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,27 @@ def suite_image_variables(stacks_dir: Path = STACKS_DIR) -> list[str]:
     return found + [tool for tool in SUITE_TOOLS if tool not in found]
 
 
+def node_images(choices: Mapping[str, ImageChoice]) -> list[str]:
+    """The image references every dind node's engine holds: each chosen image but the node's
+    own."""
+    return sorted({c.ref for v, c in choices.items() if c.ref and v != "DIND_IMAGE"})
+
+
+def prepare_seed() -> str:
+    """Fill the kept image seed the suite's swarms start from, as a session's first swarm
+    would (tests/acceptance/dind.py), so that session finds it ready; what was done."""
+    from tests.acceptance.dind import DindSwarm  # the suite's own; not needed for the lists
+
+    outer = docker.from_env(timeout=300)
+    choices = choose_images(outer, dict(load_settings().images))
+    if choices["DIND_IMAGE"].ref is None:
+        return f"no seed: DIND_IMAGE: {choices['DIND_IMAGE'].reason}"
+    refs = node_images(choices)
+    swarm = DindSwarm(choices["DIND_IMAGE"].ref, 0, Path(), (), outer=outer)
+    path = swarm.image_seed(refs)
+    return f"seed of {len(refs)} images ready at {path}" if path else "no seed: not root"
+
+
 def pull_list(images: Mapping[str, str], stacks_dir: Path = STACKS_DIR) -> list[str]:
     """The upstream references a machine that can pull must have for the whole suite."""
     return [images[variable] for variable in suite_image_variables(stacks_dir)]
@@ -129,13 +152,22 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="print `<reference> <Dockerfile directory>` of the images it builds, one a line",
     )
+    parser.add_argument(
+        "--seed",
+        action="store_true",
+        help="fill the kept image seed of the dind nodes now (the suite's first swarm would)",
+    )
     arguments = parser.parse_args(argv)
-    if arguments.build_list:
+    if arguments.seed:
+        # A stop (CI's cleanup) ends the fill through its `finally`: no builder left behind.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+        print(prepare_seed(), flush=True)
+    elif arguments.build_list:
         print("\n".join(build_list(load_settings().images)))
     elif arguments.pull_list:
         print("\n".join(pull_list(load_settings().images)))
     else:
-        parser.error("nothing to do: give --pull-list or --build-list")
+        parser.error("nothing to do: give --pull-list, --build-list or --seed")
 
 
 if __name__ == "__main__":

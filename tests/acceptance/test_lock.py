@@ -17,10 +17,12 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -62,21 +64,34 @@ def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
-def _deploy_dev(*messages: str, platform, wait: int = 0) -> list[tuple[int, str, str]]:
-    extra = [f"--lock-wait={wait}"] if wait else []
-    processes = [
-        _start(platform, "deploy.env", "--name=dev", "--no-tunnel", f"--message={m}", *extra)
-        for m in messages
-    ]
-    return [_finish(p) for p in processes]
+def _holding(platform, processes: dict[str, subprocess.Popen]) -> str:
+    """Wait for one of the deploys (by message) to take the lock, then stop it (SIGSTOP)
+    while it holds it: a deploy of dev with nothing to change gives the lock back within a
+    second, and how far apart two processes reach it depends on the machine's load. The
+    caller continues it (SIGCONT). Returns its message."""
+    holder = platform.wait_for(
+        lambda: (h := lock.read(platform.client)) and h.message in processes and h,
+        timeout=120,
+        interval=0.05,
+        what="a deploy to take the lock",
+    )
+    os.killpg(processes[holder.message].pid, signal.SIGSTOP)
+    return holder.message
 
 
 def test_two_deploys_at_once_one_runs_the_other_refuses_naming_the_holder(dev):
-    results = _deploy_dev("first", "second", platform=dev)
-    codes = [code for code, _, _ in results]
-    assert sorted(codes) == [0, 1], results
-    winner, loser = results[codes.index(0)], results[codes.index(1)]
-    won = ("first", "second")[codes.index(0)]
+    processes = {
+        m: _start(dev, "deploy.env", "--name=dev", "--no-tunnel", f"--message={m}")
+        for m in ("first", "second")
+    }
+    won = _holding(dev, processes)
+    try:
+        (lost,) = [m for m in processes if m != won]
+        loser = _finish(processes[lost])
+    finally:
+        os.killpg(processes[won].pid, signal.SIGCONT)
+    winner = _finish(processes[won])
+    assert (winner[0], loser[0]) == (0, 1), (winner, loser)
     lines = loser[2].strip().splitlines()
     assert len(lines) == 1, loser
     assert lines[0].startswith("error: the deploy lock is held by "), lines
@@ -86,14 +101,42 @@ def test_two_deploys_at_once_one_runs_the_other_refuses_naming_the_holder(dev):
     assert lock.read(dev.client) is None, "the lock was not given back"
 
 
+def _stdout_lines(process: subprocess.Popen) -> list[str]:
+    """The process's stdout lines as they come (a thread reads them into the list)."""
+    lines: list[str] = []
+
+    def read():
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def test_with_lock_wait_the_second_deploy_runs_after_the_first(dev):
-    results = _deploy_dev("one", "two", platform=dev, wait=300)
-    assert [code for code, _, _ in results] == [0, 0], results
-    waited = [i for i, (_, out, _) in enumerate(results) if "lock: waiting up to 300 s" in out]
-    assert len(waited) == 1, results
-    other = ("two", "one")[waited[0]]  # the waiter names the one that ran first
-    line = next(x for x in results[waited[0]][1].splitlines() if x.startswith("lock: waiting"))
-    assert f"deploy.env --name=dev, '{other}')" in line, line
+    first = _start(dev, "deploy.env", "--name=dev", "--no-tunnel", "--message=one")
+    _holding(dev, {"one": first})
+    try:
+        second = _start(
+            dev, "deploy.env", "--name=dev", "--no-tunnel", "--message=two", "--lock-wait=300"
+        )
+        lines = _stdout_lines(second)
+        line = dev.wait_for(
+            lambda: next((x for x in lines if x.startswith("lock: waiting up to 300 s")), None),
+            timeout=120,
+            what="the second deploy to say it waits for the lock",
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    code, out, err = _finish(first)
+    assert code == 0, out + err
+    assert second.wait(timeout=900) == 0, "\n".join(lines) + second.stderr.read()
+    # The waiter named the holder, and ran after it: its history record is the later one.
+    assert "deploy.env --name=dev, 'one')" in line, line
+    numbers = [
+        int(re.search(r"history: #(\d+)", text).group(1)) for text in (out, "\n".join(lines))
+    ]
+    assert numbers[0] < numbers[1], numbers
     assert lock.read(dev.client) is None
 
 

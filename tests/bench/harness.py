@@ -24,11 +24,11 @@ import yaml
 
 from infra import converge, deploy, engine, secrets
 from infra import plan as planning
-from infra.plan import StackPlan, plan_stack, scale_reservations
+from infra.plan import StackPlan, override_update_monitor, plan_stack, scale_reservations
 from infra.settings import Settings, load_settings
 from tests.acceptance.conftest import DEPLOY_TIMEOUT, WORK_PARENT, swarm_settings
 from tests.acceptance.dind import DindSwarm
-from tests.acceptance.images import choose_images
+from tests.acceptance.images import choose_images, node_images
 from tests.apicalls import ApiCalls, count_api_calls
 
 # What `apply` spends its time on: module attributes it calls, wrapped while a run is timed.
@@ -135,7 +135,7 @@ def start(outer: docker.DockerClient) -> Bench:
     bench = None
     try:
         # The same images as the acceptance suite's swarm: its kept image seed serves both.
-        refs = sorted({c.ref for v, c in images.items() if c.ref and v != "DIND_IMAGE"})
+        refs = node_images(images)
         started = time.perf_counter()
         swarm.start(images=refs)
         log(
@@ -351,8 +351,10 @@ def render(bench: Bench, stack: str) -> tuple[str, str]:
         nodes = engine.swarm_nodes(bench.client)
         plan = plan_stack(stack, bench.settings, values, tunnel=False, nodes=nodes)
     rendered = engine.render_stack([str(p) for p in plan.files], plan.variables)
-    # The reservations apply scales (RESERVATIONS_SCALE), so both ways fit on the node alike.
+    # The reservations apply scales (RESERVATIONS_SCALE), so both ways fit on the node alike,
+    # and the monitor periods it sets (UPDATE_MONITOR).
     rendered = scale_reservations(rendered, plan.reservations_scale)
+    rendered = override_update_monitor(rendered, plan.update_monitor)
     for name in plan.disabled:
         rendered["services"].pop(name, None)
     text = yaml.safe_dump(deploy._escape_dollars(rendered), sort_keys=False)
