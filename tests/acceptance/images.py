@@ -19,7 +19,7 @@ from pathlib import Path
 
 import docker
 import yaml
-from docker.errors import ImageNotFound
+from docker.errors import DockerException, ImageNotFound
 
 from infra import catalog, plan
 from infra.settings import STACKS_DIR, load_settings
@@ -161,7 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.seed:
         # A stop (CI's cleanup) ends the fill through its `finally`: no builder left behind.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-        print(prepare_seed(), flush=True)
+        try:
+            print(prepare_seed(), flush=True)
+        except (DockerException, RuntimeError) as exc:
+            parser.exit(1, f"error: the image seed could not be filled: {exc}\n")
     elif arguments.build_list:
         print("\n".join(build_list(load_settings().images)))
     elif arguments.pull_list:

@@ -10,8 +10,6 @@ reservations scale for small nodes (RESERVATIONS_SCALE) and what the acceptance 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +24,7 @@ from infra.errors import SettingsError
 from infra.secrets import generate_values
 from infra.settings import REPO_ROOT, load_settings
 from tests.acceptance.conftest import RESERVATIONS_SCALE as SUITE_SCALE
+from tests.stack_cli import needs_stack_config
 
 STACKS_README = REPO_ROOT / "stacks" / "README.md"
 START, END = "<!-- resources:start -->", "<!-- resources:end -->"
@@ -337,14 +336,7 @@ def test_a_tiny_scale_still_reserves_something():
     assert int(reservations["memory"]) > 0
 
 
-def _stack_config_works() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(["docker", "stack", "config", "--help"], capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _stack_config_works(), reason="needs `docker stack config` (CLI >= 23)")
+@needs_stack_config
 def test_scaled_stack_is_one_docker_stack_reads(settings, tmp_path):
     """What deploy hands `docker stack deploy` on stdin must pass the CLI's own schema."""
     stack = planning.plan_stack("shared", settings, generate_values(settings))

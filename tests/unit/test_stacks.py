@@ -4,8 +4,6 @@ images, ports, resources, policies and that no secret value leaks into what is d
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import pytest
 
@@ -14,6 +12,7 @@ from infra import plan as planning
 from infra.catalog import ENVIRONMENTS, STACKS
 from infra.secrets import DOCKER_SECRETS, generate_values
 from infra.settings import REPO_ROOT, load_settings
+from tests.stack_cli import needs_stack_config
 
 # DESIGN.md's per-environment table, written out here on purpose: the catalog must match it.
 # An environment publishes its ports only while <ENV>_HOST_PORTS is on.
@@ -39,18 +38,7 @@ MANAGER_ONLY = {"traefik", "runner", "docker-proxy"}
 NO_HEALTHCHECK = {"redis-exporter", "runner", "cadvisor"}
 
 
-def _stack_config_works() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    probe = subprocess.run(
-        ["docker", "stack", "config", "--help"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(
-    not _stack_config_works(), reason="needs the docker CLI with `docker stack config` (>= 23)"
-)
+pytestmark = needs_stack_config
 
 
 @pytest.fixture

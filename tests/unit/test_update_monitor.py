@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 import yaml
 
@@ -15,17 +12,7 @@ from infra.catalog import STACKS
 from infra.errors import SettingsError
 from infra.secrets import generate_values
 from infra.settings import REPO_ROOT, load_settings
-
-
-def _stack_config_works() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return (
-        subprocess.run(["docker", "stack", "config", "--help"], capture_output=True).returncode == 0
-    )
-
-
-needs_cli = pytest.mark.skipif(not _stack_config_works(), reason="needs `docker stack config`")
+from tests.stack_cli import needs_stack_config
 
 
 def _monitors(rendered: dict) -> dict[str, str]:
@@ -47,7 +34,7 @@ def _rendered(settings, stack: str) -> dict:
     return deploy.render(planning.plan_stack(stack, settings, _values(settings)))
 
 
-@needs_cli
+@needs_stack_config
 @pytest.mark.parametrize("stack", STACKS)
 def test_by_default_every_service_keeps_the_stack_files_monitor(settings, stack):
     assert settings.update_monitor == ""
@@ -63,7 +50,7 @@ def _rendered_variables(settings, stack: str) -> dict:
     return planning.plan_stack(stack, settings, _values(settings)).variables
 
 
-@needs_cli
+@needs_stack_config
 @pytest.mark.parametrize("stack", STACKS)
 def test_update_monitor_sets_every_update_and_rollback_monitor(environ, stack, tmp_path):
     settings = load_settings(REPO_ROOT, {**environ, "UPDATE_MONITOR": "5s"})
