@@ -956,6 +956,12 @@ S3_ACCESS_KEY = "standin" + secrets.token_hex(6)
 S3_SECRET_KEY = secrets.token_urlsafe(24)
 
 
+def seaweedfs_command() -> list[str]:
+    """The command stacks/shared.yml runs SeaweedFS with."""
+    stack = yaml.safe_load(repo_file("stacks/shared.yml").read_text())
+    return stack["services"]["seaweedfs"]["command"]
+
+
 @pytest.fixture(scope="module")
 def seaweedfs(standin, containers):
     s3_config = {
@@ -969,18 +975,7 @@ def seaweedfs(standin, containers):
     }
     container = containers.run(
         standin("seaweedfs"),
-        # As stacks/shared.yml runs it.
-        command=[
-            "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=0.0.0.0",
-            "-volume.max=100",
-            "-master.volumePreallocate=false",
-            "-s3",
-            "-s3.port=8333",
-            "-s3.config=/run/secrets/s3_config",
-            "-metricsPort=9324",
-        ],
+        command=seaweedfs_command(),
         files={"/run/secrets/s3_config": secret(json.dumps(s3_config))},
         volumes={containers.volume("seaweed"): {"bind": "/data", "mode": "rw"}},
         ports=loopback("8333/tcp"),
