@@ -176,6 +176,7 @@ def measure_platform(bench: Bench, platform: Platform, index: int, last: bool, r
                     + (calls if run.api_calls is not None else "")
                     + (f", {run.updates} updated" if run.updates is not None else "")
                     + (f"; last running: {run.slowest}" if run.slowest else "")
+                    + (f"; {run.cores_busy:.2f} cores busy" if run.cores_busy is not None else "")
                 )
                 if run.phases:
                     log("    " + ", ".join(f"{k} {v:.2f}" for k, v in run.phases.items()))
@@ -372,6 +373,12 @@ def print_report(bench: Bench, machine: dict[str, str]) -> None:
         print(f"  {name:<22} {figures}{extra}")
         if runs and runs[-1].slowest:
             print(f"  {'':<22} last running (s from the start): {runs[-1].slowest}")
+        busy = [run.cores_busy for run in runs if run.cores_busy is not None and run.seconds > 1]
+        if busy:
+            print(
+                f"  {'':<22} cores busy meanwhile, of {os.cpu_count()}: "
+                + ", ".join(f"{cores:.2f}" for cores in busy)
+            )
     for name in ("first deploy of dev", "first deploy of the other stacks"):
         print(f"  {name}: {bench.figures[name]:.1f} s")
     print()

@@ -58,6 +58,26 @@ PHASES: dict[str, tuple[tuple[object, str], ...]] = {
 POLL_PLAIN = 0.25  # how often the plain way asks `docker service ls`
 
 
+def cpu_busy_seconds() -> float:
+    """The machine's CPU time spent on anything but idling and waiting for I/O since boot,
+    summed over every core (/proc/stat's first line; guest time is already in user)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cpu_used() -> Iterator[list[float]]:
+    """The busy CPU seconds of the block, in the one-item list yielded, once it ends."""
+    spent: list[float] = []
+    before = cpu_busy_seconds()
+    try:
+        yield spent
+    finally:
+        spent.append(cpu_busy_seconds() - before)
+
+
 def log(message: str) -> None:
     print(f"bench: {message}", flush=True)
 
@@ -78,6 +98,13 @@ class Run:
     services_changed: int | None = None  # what the deploy handed to the engine
     api_summary: str = ""
     slowest: dict[str, float] = field(default_factory=dict)  # last services running, seconds
+    cpu_seconds: float | None = None  # the machine's busy CPU time meanwhile, every core
+
+    @property
+    def cores_busy(self) -> float | None:
+        """How many cores were busy on average: near the machine's count, the run waited on
+        CPU (every process's, the engine's and the services' own start), not on anyone."""
+        return self.cpu_seconds / self.seconds if self.cpu_seconds is not None else None
 
 
 @dataclass
@@ -299,7 +326,11 @@ def ours(bench: Bench, target: str, stacks: Sequence[str]) -> Run:
     secrets.n8n_password_hash.cache_clear()
     wall = time.time()
     by_phase: dict[str, int] = {}
-    with count_api_calls(bench.client) as calls, phases(calls, by_phase) as spent:
+    with (
+        count_api_calls(bench.client) as calls,
+        phases(calls, by_phase) as spent,
+        cpu_used() as cpu,
+    ):
         started = time.perf_counter()
         if target in bench.extra:
             since = time.time()
@@ -334,6 +365,7 @@ def ours(bench: Bench, target: str, stacks: Sequence[str]) -> Run:
         wait_api_calls=by_phase.get(WAIT_PHASE, 0),
         services_changed=services_changed(lines),
         api_summary=calls.summary(),
+        cpu_seconds=cpu[0],
     )
 
 
@@ -410,7 +442,18 @@ def plain(bench: Bench, stacks: Sequence[str]) -> Run:
     (a task with a health check counts as running once it is healthy)."""
     create_generated_configs(bench, stacks)
     wall = time.time()
-    started = time.perf_counter()
+    with cpu_used() as cpu:
+        started = time.perf_counter()
+        seconds = _plain_deploy(bench, stacks, started)
+    return Run(
+        seconds=seconds,
+        engine_ready=engine_ready_at(bench, stacks) - wall,
+        converged=all_converged(bench, stacks),
+        cpu_seconds=cpu[0],
+    )
+
+
+def _plain_deploy(bench: Bench, stacks: Sequence[str], started: float) -> float:
     for stack in stacks:
         stack_deploy(bench, stack, detach=True)
     prefixes = tuple(f"{stack}_" for stack in stacks)
@@ -432,12 +475,7 @@ def plain(bench: Bench, stacks: Sequence[str]) -> Run:
         if time.perf_counter() - started > DEPLOY_TIMEOUT:
             raise RuntimeError(f"{', '.join(stacks)} did not converge: {replicas}")
         time.sleep(POLL_PLAIN)
-    seconds = time.perf_counter() - started
-    return Run(
-        seconds=seconds,
-        engine_ready=engine_ready_at(bench, stacks) - wall,
-        converged=all_converged(bench, stacks),
-    )
+    return time.perf_counter() - started
 
 
 def redeploy(bench: Bench, how: Callable[[], Run], stacks: Sequence[str]) -> Run:
